@@ -1,0 +1,1 @@
+"""Ripple: a live counter, presence list and activity feed over PostgreSQL LISTEN/NOTIFY."""

@@ -1,0 +1,156 @@
+"""Who is online: a visitor is online while one of their streams is open on any worker.
+
+Each worker records (worker, visitor) rows while it holds streams for that visitor.
+A leave is written only after a grace period without any stream, so a reload is not
+a leave and a join for everyone. Rows of a worker that died expire with its heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from app.db import Database
+from app.identity import Identity
+from app.models import PresenceEntry, Visitor, Worker
+from app.realtime import PRESENCE, Event, notify
+from app.services.visitors import ensure_recorded
+from app.workers import NOTIFY_AT_MOST, notify_presence
+
+SHOWN_NAMES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineVisitor:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceView:
+    online_count: int
+    visitors: list[OnlineVisitor]
+
+    @property
+    def more(self) -> int:
+        return self.online_count - len(self.visitors)
+
+
+async def online(db: Database, expiry: float) -> PresenceView:
+    """Everyone with a stream on a live worker: a count and the first names."""
+    live = (
+        exists()
+        .where(PresenceEntry.visitor_id == Visitor.id)
+        .where(PresenceEntry.worker_id == Worker.id)
+        .where(Worker.heartbeat_at > func.now() - timedelta(seconds=expiry))
+    )
+    async with db.transaction() as session:
+        count = await session.scalar(select(func.count()).select_from(Visitor).where(live))
+        rows = await session.execute(
+            select(Visitor.id, Visitor.name)
+            .where(live)
+            .order_by(func.lower(Visitor.name), Visitor.id)
+            .limit(SHOWN_NAMES)
+        )
+        shown = [OnlineVisitor(id=r.id.hex, name=r.name) for r in rows]
+    return PresenceView(online_count=int(count or 0), visitors=shown)
+
+
+class PresenceTracker:
+    """This worker's open streams per visitor, mirrored into the presence table."""
+
+    def __init__(self, db: Database, worker_id: str, grace: float) -> None:
+        self._db = db
+        self._worker_id = worker_id
+        self._grace = grace
+        self._streams: dict[uuid.UUID, int] = {}
+        self._leaving: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+
+    def _lock(self, visitor_id: uuid.UUID) -> asyncio.Lock:
+        lock = self._locks.get(visitor_id)
+        if lock is None:
+            lock = self._locks[visitor_id] = asyncio.Lock()
+        return lock
+
+    def visitors(self) -> list[uuid.UUID]:
+        return list(self._streams)
+
+    async def opened(self, identity: Identity) -> None:
+        """A stream opened: record the visitor and announce a join if they were away."""
+        vid = identity.id
+        self._streams[vid] = self._streams.get(vid, 0) + 1
+        leaving = self._leaving.pop(vid, None)
+        if leaving is not None:
+            leaving.cancel()  # back within the grace: nobody saw them leave
+            return
+        if self._streams[vid] > 1:
+            return
+        async with self._lock(vid), self._db.transaction() as session:
+            await ensure_recorded(session, identity)
+            added = await session.scalar(
+                insert(PresenceEntry)
+                .values(worker_id=self._worker_id, visitor_id=vid)
+                .on_conflict_do_nothing()
+                .returning(PresenceEntry.visitor_id)
+            )
+            if added is not None:
+                await notify(session, Event(PRESENCE, vid.hex))
+
+    def closed(self, identity: Identity) -> None:
+        """A stream closed: if it was the visitor's last here, leave after the grace."""
+        vid = identity.id
+        left = self._streams.get(vid, 0) - 1
+        if left > 0:
+            self._streams[vid] = left
+            return
+        self._streams.pop(vid, None)
+        self._leaving[vid] = asyncio.create_task(self._leave_later(vid))
+
+    async def _leave_later(self, vid: uuid.UUID) -> None:
+        await asyncio.sleep(self._grace)
+        if self._leaving.get(vid) is asyncio.current_task():
+            del self._leaving[vid]
+        async with self._lock(vid):
+            if vid in self._streams:
+                return
+            async with self._db.transaction() as session:
+                gone = await session.scalar(
+                    delete(PresenceEntry)
+                    .where(
+                        PresenceEntry.worker_id == self._worker_id,
+                        PresenceEntry.visitor_id == vid,
+                    )
+                    .returning(PresenceEntry.visitor_id)
+                )
+                if gone is not None:
+                    await notify(session, Event(PRESENCE, vid.hex))
+        if vid not in self._streams and vid not in self._leaving:
+            self._locks.pop(vid, None)
+
+    async def reassert(self) -> None:
+        """Re-insert our rows (after our worker row was expired during an outage)."""
+        ids = self.visitors()
+        if not ids:
+            return
+        async with self._db.transaction() as session:
+            await session.execute(
+                insert(PresenceEntry)
+                .values([{"worker_id": self._worker_id, "visitor_id": v} for v in ids])
+                .on_conflict_do_nothing()
+            )
+            await notify_presence(session, ids[:NOTIFY_AT_MOST])
+
+    async def stop(self) -> None:
+        for task in self._leaving.values():
+            task.cancel()
+        for task in list(self._leaving.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._leaving.clear()

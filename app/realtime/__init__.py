@@ -1,0 +1,36 @@
+"""The bus: NOTIFY inside write transactions, one LISTEN per worker, in-process fan-out.
+
+Nothing outside this package imports past this module.
+"""
+
+from app.realtime.events import (
+    ACTIVITY,
+    CHANNEL,
+    COUNTER,
+    PING,
+    PRESENCE,
+    RESYNC,
+    Event,
+    PayloadError,
+    encode_frame,
+    notify,
+)
+from app.realtime.hub import Hub, Subscription
+from app.realtime.listener import Listener, ListenerUnusable
+
+__all__ = [
+    "ACTIVITY",
+    "CHANNEL",
+    "COUNTER",
+    "PING",
+    "PRESENCE",
+    "RESYNC",
+    "Event",
+    "Hub",
+    "Listener",
+    "ListenerUnusable",
+    "PayloadError",
+    "Subscription",
+    "encode_frame",
+    "notify",
+]

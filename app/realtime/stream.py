@@ -1,0 +1,64 @@
+"""Writing one event stream: a plain ASGI send loop over a hub subscription.
+
+Litestar's Stream over an async generator costs a task switch and a generator step per
+event per stream; on this hot path (every event, every open stream) frames go straight
+to `send`, already encoded once per event by the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from app import metrics
+from app.realtime.hub import Subscription
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
+    """The server reports a client that went away as `http.disconnect`."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            sub.disconnected = True
+            sub.close()
+            return
+
+
+async def pump(sub: Subscription, send: Send, receive: Receive, first: bytes) -> None:
+    """Send `first`, then whatever the hub buffers, until closed or disconnected."""
+    watcher = asyncio.create_task(_watch_disconnect(receive, sub))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        while True:
+            await sub.wait()
+            if sub.closed:
+                break
+            chunk, oldest = sub.take()
+            if not chunk:
+                continue
+            sub.send_started = time.monotonic()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sub.send_started = 0.0
+            if sub.sampled and oldest:
+                metrics.NOTIFY_TO_SEND.observe(time.monotonic() - oldest)
+        if not sub.disconnected:
+            # Server shutting down: end cleanly; the client reconnects (to another worker).
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

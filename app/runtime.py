@@ -1,0 +1,179 @@
+"""One worker's long-lived parts and their start-up and shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
+
+from litestar import Litestar
+
+from app import metrics
+from app.config import Settings
+from app.db import Database, create_engine
+from app.presence import PresenceTracker
+from app.realtime import Event, Hub, Listener
+from app.services import feed
+from app.workers import WorkerRegistry, new_worker_id
+
+log = logging.getLogger("ripple.runtime")
+
+
+class Runtime:
+    """Everything a worker keeps between requests; stored in `app.state.runtime`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(create_engine(settings))
+        self.hub = Hub()
+        self.worker_id = new_worker_id()
+        self.registry = WorkerRegistry(
+            self.db,
+            worker_id=self.worker_id,
+            instance_id=settings.instance_id,
+            expiry=settings.presence_expiry_seconds,
+        )
+        self.presence = PresenceTracker(self.db, self.worker_id, settings.presence_grace_seconds)
+        self.listener = Listener(
+            settings.listen_database,
+            self.hub.publish,
+            check_interval=settings.listener_check_seconds,
+            send_probe=self._send_probe,
+            on_state=self._report_listener_state,
+            on_reconnect=self._resync_after_reconnect,
+        )
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _send_probe(self, payload: str) -> None:
+        async with self.db.transaction() as session:
+            from sqlalchemy import func, select
+
+            from app.realtime import CHANNEL
+
+            await session.execute(select(func.pg_notify(CHANNEL, payload)))
+
+    async def _report_listener_state(self, connected: bool) -> None:
+        await self.registry.beat(connected)
+
+    async def _resync_after_reconnect(self) -> None:
+        self.hub.newest_activity_id = max(self.hub.newest_activity_id, await feed.newest_id(self.db))
+        self.hub.resync_all("listener-reconnected")
+
+    # -- background loops ----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                recreated = await self.registry.beat(self.listener.connected)
+                if recreated:
+                    await self.presence.reassert()
+                await self.registry.reap()
+                queue_usage = await self._queue_usage()
+                metrics.QUEUE_USAGE.set(queue_usage)
+            except Exception as exc:  # the database may be away; keep beating
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _queue_usage(self) -> float:
+        from sqlalchemy import func, select
+
+        async with self.db.transaction() as session:
+            value = await session.scalar(select(func.pg_notification_queue_usage()))
+        return float(value or 0.0)
+
+    async def _ping_loop(self) -> None:
+        """Pings keep proxies from closing idle streams; also closes streams stuck sending."""
+        while True:
+            await asyncio.sleep(self.settings.ping_seconds)
+            self.hub.ping_all()
+            for sub in self.hub.stuck_streams(self.settings.send_timeout_seconds):
+                sub.timed_out = True
+                metrics.SLOW_STREAMS_CLOSED.inc()
+                if sub.task is not None:
+                    sub.task.cancel()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.hub.newest_activity_id = await _retrying(lambda: feed.newest_id(self.db))
+        await self.registry.beat(False)
+        await self.listener.start()
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="ripple-heartbeat"),
+            asyncio.create_task(self._ping_loop(), name="ripple-ping"),
+        ]
+        log.info("worker started worker_id=%s instance=%s", self.worker_id, self.settings.instance_id)
+
+    def begin_shutdown(self) -> None:
+        """Tell every stream to end now (clients reconnect elsewhere)."""
+        if not self.stopping.is_set():
+            self.stopping.set()
+            log.info("worker stopping: closing %d streams", len(self.hub))
+            self.hub.close_all()
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.presence.stop()
+        await self.listener.stop()
+        try:
+            await asyncio.wait_for(self.registry.remove(self.presence.visitors()), 3)
+        except Exception as exc:
+            log.warning("could not remove presence entries at shutdown: %s", type(exc).__name__)
+        await self.db.dispose()
+        metrics.forget_this_process()
+        log.info("worker stopped worker_id=%s", self.worker_id)
+
+
+async def _retrying(read: Callable[[], Any], attempts: int = 20) -> Any:
+    """Start-up reads wait a little for a database that is still coming up."""
+    for attempt in range(attempts):
+        try:
+            return await read()
+        except (OSError, ConnectionError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("database not reachable yet (%s), retrying", type(exc).__name__)
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _chain_exit_signals(on_exit: Callable[[], None]) -> None:
+    """Wrap the server's SIGTERM/SIGINT handling so open streams hear about it first.
+
+    The server stops accepting on SIGTERM but runs lifespan shutdown only after every
+    connection has ended, and it tells open streams nothing: without this, SSE streams
+    would hold a deploy until the graceful-shutdown timeout.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(on_exit)
+            if callable(previous):
+                previous(signum, frame)
+
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. under a test client)
+            signal.signal(sig, handler)
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    runtime: Runtime = app.state.runtime
+    await runtime.start()
+    _chain_exit_signals(runtime.begin_shutdown)
+    try:
+        yield
+    finally:
+        await runtime.stop()

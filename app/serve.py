@@ -1,0 +1,93 @@
+"""The launcher: one command that prepares the instance, then runs the ASGI server.
+
+It runs once per instance, before the workers: starts the embedded PostgreSQL when
+DATABASE_URL is unset (and migrates it), gives the workers a shared instance id and
+metrics directory, raises the open-file limit, and starts uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from app.config import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+log = logging.getLogger("ripple.serve")
+
+
+def raise_open_file_limit() -> int:
+    """Each open stream is a socket: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True
+    )
+
+
+def prepare_environment() -> tuple[dict[str, str], Any]:
+    env = dict(os.environ)
+    keepalive = None
+    if not env.get("DATABASE_URL", "").strip():
+        from app import devdb
+
+        url, keepalive = devdb.start(ROOT / ".data")
+        env["DATABASE_URL"] = url
+        env.pop("DATABASE_URL_UNPOOLED", None)
+        migrate(env)
+        log.warning("embedded PostgreSQL migrated; serving on http://127.0.0.1:%s", env.get("PORT", "8000"))
+    env.setdefault("RIPPLE_INSTANCE_ID", f"{os.uname().nodename[:30]}-{uuid.uuid4().hex[:8]}")
+    metrics_dir = Path(tempfile.mkdtemp(prefix="ripple-metrics-"))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return env, keepalive
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    env, keepalive = prepare_environment()
+    os.environ.update(env)
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as error:
+        log.error("configuration error: %s", error)
+        sys.exit(2)
+    files = raise_open_file_limit()
+    log.info(
+        "starting %d workers on 0.0.0.0:%d (open-file limit %d)",
+        settings.web_concurrency, settings.port, files,
+    )
+    try:
+        uvicorn.run(
+            "app.asgi:app",
+            host="0.0.0.0",  # noqa: S104 - a PaaS routes to the container's port
+            port=settings.port,
+            workers=settings.web_concurrency,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            log_level="info",
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        del keepalive

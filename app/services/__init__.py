@@ -1,0 +1,1 @@
+"""Named reads and writes. Every write notifies inside its own transaction."""

@@ -1,0 +1,163 @@
+"""The activity feed: items in commit order, pages, replay cursors, moderation."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import Database
+from app.identity import Identity
+from app.models import Activity
+from app.realtime import ACTIVITY, RESYNC, Event, notify
+
+PAGE_SIZE = 50
+REPLAY_LIMIT = 500
+
+# Held from taking an id to commit, so ids follow commit order: a client that has
+# seen item N can no longer miss an item below N (NOTIFY already serialises commits).
+FEED_LOCK_KEY = 0x52_49_50_50_4C_45  # "RIPPLE"
+
+
+class Hidden(LookupError):
+    """The item exists but an operator hid it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityView:
+    id: int
+    kind: str
+    author_id: str
+    author_name: str
+    body: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Activity) -> ActivityView:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            author_id=row.author_id.hex,
+            author_name=row.author_name,
+            body=row.body,
+            created_at=row.created_at,
+        )
+
+
+async def add(
+    session: AsyncSession, *, kind: str, author_id: uuid.UUID, author_name: str, body: str = ""
+) -> ActivityView:
+    """Insert an item and queue its event, inside the caller's transaction."""
+    await session.execute(select(func.pg_advisory_xact_lock(FEED_LOCK_KEY)))
+    row = (
+        await session.execute(
+            insert(Activity)
+            .values(kind=kind, author_id=author_id, author_name=author_name, body=body)
+            .returning(Activity)
+        )
+    ).scalar_one()
+    await notify(session, Event(ACTIVITY, str(row.id)))
+    return ActivityView.of(row)
+
+
+async def post(db: Database, identity: Identity, message: str) -> ActivityView:
+    """A visitor's message (already validated)."""
+    from app.services.visitors import ensure_recorded  # one-way at import time
+
+    async with db.transaction() as session:
+        name = await ensure_recorded(session, identity)
+        return await add(
+            session, kind="message", author_id=identity.id, author_name=name, body=message
+        )
+
+
+async def get(db: Database, item_id: int) -> ActivityView | None:
+    async with db.transaction() as session:
+        row = await session.get(Activity, item_id)
+    if row is None:
+        return None
+    if row.hidden_at is not None:
+        raise Hidden(item_id)
+    return ActivityView.of(row)
+
+
+async def page_before(db: Database, before: int | None) -> tuple[list[ActivityView], bool]:
+    """Up to PAGE_SIZE visible items below `before` (None: the newest), newest first."""
+    query = select(Activity).where(Activity.hidden_at.is_(None))
+    if before is not None:
+        query = query.where(Activity.id < before)
+    query = query.order_by(Activity.id.desc()).limit(PAGE_SIZE + 1)
+    async with db.transaction() as session:
+        rows = list((await session.scalars(query)).all())
+    return [ActivityView.of(r) for r in rows[:PAGE_SIZE]], len(rows) > PAGE_SIZE
+
+
+async def page_after(db: Database, after: int) -> list[ActivityView]:
+    """The PAGE_SIZE visible items right after `after`, newest first."""
+    query = (
+        select(Activity)
+        .where(Activity.hidden_at.is_(None), Activity.id > after)
+        .order_by(Activity.id.asc())
+        .limit(PAGE_SIZE)
+    )
+    async with db.transaction() as session:
+        rows = list((await session.scalars(query)).all())
+    return [ActivityView.of(r) for r in reversed(rows)]
+
+
+async def newest_id(db: Database) -> int:
+    async with db.transaction() as session:
+        value = await session.scalar(select(func.max(Activity.id)))
+    return int(value or 0)
+
+
+async def ids_after(
+    db: Database, after: int, limit: int = REPLAY_LIMIT + 1
+) -> tuple[list[int], int]:
+    """Visible item ids above `after` in order (at most `limit`), and the newest id overall."""
+    async with db.transaction() as session:
+        ids = list(
+            (
+                await session.scalars(
+                    select(Activity.id)
+                    .where(Activity.id > after, Activity.hidden_at.is_(None))
+                    .order_by(Activity.id.asc())
+                    .limit(limit)
+                )
+            ).all()
+        )
+        newest = await session.scalar(select(func.max(Activity.id)))
+    return ids, int(newest or 0)
+
+
+async def hide(db: Database, item_id: int) -> bool:
+    """Hide an item (moderation); every open page drops it. False if there is no such item."""
+    async with db.transaction() as session:
+        hidden = await session.scalar(
+            update(Activity)
+            .where(Activity.id == item_id, Activity.hidden_at.is_(None))
+            .values(hidden_at=func.now())
+            .returning(Activity.id)
+        )
+        if hidden is None:
+            return await session.get(Activity, item_id) is not None
+        await notify(session, Event(RESYNC, "hidden"))
+    return True
+
+
+async def prune(db: Database, older_than: timedelta) -> int:
+    """Delete items older than the retention age; the number deleted."""
+    async with db.transaction() as session:
+        deleted = await session.scalars(
+            delete(Activity)
+            .where(Activity.created_at < func.now() - older_than)
+            .returning(Activity.id)
+        )
+        count = len(deleted.all())
+        if count:
+            await notify(session, Event(RESYNC, "pruned"))
+    return count

@@ -1,0 +1,1 @@
+"""HTTP: pages, fragments, actions, the event stream and system endpoints."""

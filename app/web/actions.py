@@ -1,0 +1,96 @@
+"""POST endpoints: the only requests that change anything (CSRF-checked by middleware)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.exceptions import HTTPException, ValidationException
+
+from app import ratelimit
+from app.identity import Identity
+from app.presence import online
+from app.services import counter, feed, visitors
+from app.web.common import html, identity_cookie, render, runtime, visitor_of, wants_json
+from app.web.fragments import render_item
+from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
+
+
+class TooManyRequests(HTTPException):
+    status_code = 429
+
+
+async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return parse_form(await request.body())
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    return {}
+
+
+async def _limit(request: Request[Any, Any, Any], action: str, who: Identity) -> None:
+    rt = runtime(request)
+    limited = await ratelimit.check(
+        rt.db,
+        action=action,
+        visitor=who.id.hex,
+        ip=request.client.host if request.client else "unknown",
+        per_minute=rt.settings.rate_limit_per_minute,
+    )
+    if limited is not None:
+        raise TooManyRequests(
+            f"Too many requests: try again in {limited.retry_after} s.",
+            headers={"retry-after": str(limited.retry_after)},
+        )
+
+
+def _with_identity(request: Request[Any, Any, Any], response: Response[Any], who: Identity, new: bool) -> Response[Any]:
+    if new:
+        response.set_cookie(identity_cookie(request, who))
+    return response
+
+
+@post("/counter/increment", status_code=200)
+async def increment(request: Request[Any, Any, Any]) -> Response[Any]:
+    who, new = visitor_of(request)
+    await _limit(request, "increment", who)
+    value = await counter.increment(runtime(request).db)
+    if wants_json(request):
+        return _with_identity(request, Response({"value": value}), who, new)
+    body = render(request, "partials/counter.html", counter_value=value)
+    return _with_identity(request, html(body), who, new)
+
+
+@post("/activity", status_code=201)
+async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
+    who, new = visitor_of(request)
+    try:
+        message = clean_message((await _form(request)).get("message"))
+    except InvalidInput as error:
+        raise ValidationException(str(error)) from None
+    await _limit(request, "post", who)
+    item = await feed.post(runtime(request).db, who, message)
+    if wants_json(request):
+        response: Response[Any] = Response({"id": item.id}, status_code=201)
+    else:
+        response = html(render_item(request, item)[0], status=201)
+    return _with_identity(request, response, who, new)
+
+
+@post("/me", status_code=200)
+async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
+    who, new = visitor_of(request)
+    try:
+        name = clean_name((await _form(request)).get("name"))
+    except InvalidInput as error:
+        raise ValidationException(str(error)) from None
+    await _limit(request, "rename", who)
+    rt = runtime(request)
+    name = await visitors.rename(rt.db, who, name)
+    if wants_json(request):
+        return _with_identity(request, Response({"name": name}), who, new)
+    view = await online(rt.db, rt.settings.presence_expiry_seconds)
+    return _with_identity(request, html(render(request, "partials/presence.html", presence=view)), who, new)
+

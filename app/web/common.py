@@ -1,0 +1,60 @@
+"""Small helpers every handler module shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.datastructures import Cookie
+from litestar.exceptions import HTTPException
+
+from app import identity
+from app.runtime import Runtime
+
+HTML = "text/html; charset=utf-8"
+FRAGMENT_VARY = "Accept, HX-Request"
+
+
+def runtime(request: Request[Any, Any, Any]) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def wants_json(request: Request[Any, Any, Any]) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def visitor_of(request: Request[Any, Any, Any]) -> tuple[identity.Identity, bool]:
+    """The visitor's identity, and whether it is new (and so needs its cookie set)."""
+    key = runtime(request).settings.signing_key
+    known = identity.decode(request.cookies.get(identity.COOKIE_NAME), key)
+    if known is not None:
+        return known, False
+    return identity.new_identity(), True
+
+
+def identity_cookie(request: Request[Any, Any, Any], who: identity.Identity) -> Cookie:
+    settings = runtime(request).settings
+    return Cookie(
+        key=identity.COOKIE_NAME,
+        value=identity.encode(who, settings.signing_key),
+        max_age=identity.COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="lax",
+        secure=settings.production,
+        path="/",
+    )
+
+
+def render(request: Request[Any, Any, Any], template: str, **context: Any) -> str:
+    engine = request.app.template_engine
+    assert engine is not None
+    return str(engine.get_template(template).render(**context))
+
+
+def html(body: str | bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(content=body, status_code=status, media_type=HTML, headers=headers)
+
+
+class Unavailable(HTTPException):
+    status_code = 503

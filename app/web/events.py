@@ -1,0 +1,134 @@
+"""GET /events: subscribe, replay what the client missed, then live events.
+
+A raw ASGI handler (see app.realtime.stream for why). It never holds a database
+session while streaming: the replay query uses a short transaction of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from litestar import Request, asgi
+from litestar.types import Receive, Scope, Send
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import identity, metrics
+from app.realtime import ACTIVITY, PING, RESYNC, encode_frame
+from app.realtime.stream import pump
+from app.runtime import Runtime
+from app.services import feed
+
+log = logging.getLogger("ripple.stream")
+
+RETRY_MS = 1000
+MAX_CURSOR_DIGITS = 18
+
+_open_per_key: Counter[str] = Counter()
+
+
+def parse_cursor(header: str | None, query: str | None) -> int | None:
+    """The feed cursor: the header wins over the query; anything malformed is ignored."""
+    for raw in (header, query):
+        value = (raw or "").strip()
+        if value.isascii() and value.isdigit() and len(value) <= MAX_CURSOR_DIGITS:
+            return int(value)
+    return None
+
+
+async def _refuse(send: Send, status: int, reason: str, retry_after: int) -> None:
+    metrics.STREAMS_REFUSED.labels(reason).inc()
+    body = f"Stream refused ({reason}); retry in {retry_after} s.".encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"retry-after", str(retry_after).encode()),
+                (b"cache-control", b"no-store"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
+    """The first frames (retry + ping, then the replay) and the highest id they cover."""
+    first = [encode_frame(PING, "", retry_ms=RETRY_MS)]
+    if cursor is None:
+        return first[0], 0
+    ids, newest = await feed.ids_after(rt.db, cursor)
+    if cursor > newest or len(ids) > feed.REPLAY_LIMIT:
+        reason = "cursor-ahead" if cursor > newest else "too-far-behind"
+        first.append(encode_frame(RESYNC, reason, event_id=newest))
+    else:
+        first.extend(encode_frame(ACTIVITY, str(i), event_id=i) for i in ids)
+    return b"".join(first), max(newest, cursor)
+
+
+@asgi("/events", is_mount=False, copy_scope=False)
+async def events(scope: Scope, receive: Receive, send: Send) -> None:
+    rt: Runtime = scope["litestar_app"].state.runtime
+    request: Request[Any, Any, Any] = Request(scope, receive)
+    settings = rt.settings
+    if rt.stopping.is_set():
+        await _refuse(send, 503, "shutting-down", 1)
+        return
+    if len(rt.hub) >= settings.max_streams_per_worker:
+        await _refuse(send, 503, "worker-full", 5)
+        return
+    who = identity.decode(request.cookies.get(identity.COOKIE_NAME), settings.signing_key)
+    ip = request.client.host if request.client else "unknown"
+    keys = [f"ip:{ip}"] + ([f"v:{who.id.hex}"] if who else [])
+    cap = settings.max_streams_per_client
+    if cap and any(_open_per_key[k] >= cap for k in keys):
+        await _refuse(send, 429, "client-limit", 10)
+        return
+    cursor = parse_cursor(
+        request.headers.get("last-event-id"), request.query_params.get("last_event_id")
+    )
+    for key in keys:
+        _open_per_key[key] += 1
+    sub = rt.hub.subscribe()  # before the replay query, so nothing falls in between
+    sub.task = asyncio.current_task()
+    metrics.STREAMS_OPENED.inc()
+    joined = False
+    try:
+        try:
+            first, sub.replayed_upto = await _opening_frames(rt, cursor)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("stream refused, database unavailable: %s", type(exc).__name__)
+            await _refuse(send, 503, "database-unavailable", 2)
+            return
+        if who is not None:
+            joined = True
+            await _join(rt, who)
+        await pump(sub, send, receive, first)
+    except asyncio.CancelledError:
+        if not sub.timed_out:
+            raise
+        # Closed by the watchdog: the client stopped reading. The server drops the socket.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        log.info("stream closed: client stopped reading")
+    finally:
+        rt.hub.unsubscribe(sub)
+        for key in keys:
+            _open_per_key[key] -= 1
+            if _open_per_key[key] <= 0:
+                del _open_per_key[key]
+        if joined and who is not None:
+            rt.presence.closed(who)
+
+
+async def _join(rt: Runtime, who: identity.Identity) -> None:
+    """Record presence; a database hiccup must not cost the visitor their stream."""
+    try:
+        await asyncio.wait_for(rt.presence.opened(who), 5)
+    except Exception as exc:
+        log.warning("presence join failed: %s", type(exc).__name__)

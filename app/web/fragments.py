@@ -1,0 +1,127 @@
+"""GET /fragments/...: the small pieces a page swaps in when an event names them.
+
+Feed items are the same for every viewer ("you" and relative times are added in the
+browser), so each is rendered once per worker and may be cached by proxies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.exceptions import ClientException, HTTPException, NotFoundException
+
+from app.presence import online
+from app.services import counter, feed
+from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
+
+_ITEM_CACHE_SIZE = 4096
+_item_cache: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
+
+
+class Gone(HTTPException):
+    status_code = 410
+
+
+def _state_headers() -> dict[str, str]:
+    return {"cache-control": "no-cache", "vary": FRAGMENT_VARY}
+
+
+@get("/fragments/counter")
+async def counter_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
+    value = await counter.current(runtime(request).db)
+    if wants_json(request):
+        return Response({"value": value}, headers=_state_headers())
+    return html(render(request, "partials/counter.html", counter_value=value), headers=_state_headers())
+
+
+@get("/fragments/presence")
+async def presence_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
+    rt = runtime(request)
+    view = await online(rt.db, rt.settings.presence_expiry_seconds)
+    if wants_json(request):
+        return Response(
+            {
+                "online": view.online_count,
+                "visitors": [{"id": v.id, "name": v.name} for v in view.visitors],
+            },
+            headers=_state_headers(),
+        )
+    return html(render(request, "partials/presence.html", presence=view), headers=_state_headers())
+
+
+def item_json(item: feed.ActivityView) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "kind": item.kind,
+        "author_id": item.author_id,
+        "author_name": item.author_name,
+        "body": item.body,
+        "created_at": item.created_at.isoformat(),
+    }
+
+
+def render_item(request: Request[Any, Any, Any], item: feed.ActivityView) -> tuple[bytes, str]:
+    """An item's HTML and ETag, rendered once per worker."""
+    cached = _item_cache.get(item.id)
+    if cached is not None:
+        _item_cache.move_to_end(item.id)
+        return cached
+    body = render(request, "partials/activity_item.html", item=item).encode()
+    entry = (body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    _item_cache[item.id] = entry
+    if len(_item_cache) > _ITEM_CACHE_SIZE:
+        _item_cache.popitem(last=False)
+    return entry
+
+
+def forget_item(item_id: int) -> None:
+    _item_cache.pop(item_id, None)
+
+
+@get("/fragments/activity/{item_id:int}")
+async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Response[Any]:
+    try:
+        item = await feed.get(runtime(request).db, item_id)
+    except feed.Hidden:
+        forget_item(item_id)
+        raise Gone("This item was removed by a moderator.") from None
+    if item is None:
+        raise NotFoundException("No such feed item.")
+    if wants_json(request):
+        return Response(item_json(item), headers={"vary": FRAGMENT_VARY})
+    body, etag = render_item(request, item)
+    # Not immutable: an operator may hide an item later, and then it must answer 410.
+    headers = {"etag": etag, "vary": FRAGMENT_VARY, "cache-control": "public, max-age=60"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(content=b"", status_code=304, headers=headers)
+    return html(body, headers=headers)
+
+
+def _cursor(raw: str | None, name: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise ClientException(f"{name} must be a feed item id (a whole number).")
+    return int(raw)
+
+
+@get("/fragments/activity")
+async def activity_list(request: Request[Any, Any, Any]) -> Response[Any]:
+    """?after=N: the items right after N; ?before=N: the items right before N (or newest)."""
+    db = runtime(request).db
+    after = _cursor(request.query_params.get("after"), "after")
+    before = _cursor(request.query_params.get("before"), "before")
+    if after is not None:
+        items, has_older = await feed.page_after(db, after), False
+    else:
+        items, has_older = await feed.page_before(db, before)
+    if wants_json(request):
+        return Response(
+            {"items": [item_json(i) for i in items], "has_older": has_older},
+            headers=_state_headers(),
+        )
+    body = render(request, "partials/activity_list.html", items=items, has_older=has_older)
+    return html(body, headers=_state_headers())

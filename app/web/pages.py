@@ -1,0 +1,50 @@
+"""GET /: the whole page. It reads, and writes nothing (crawlers and probes hit it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+
+from app.models import MESSAGE_MAX, NAME_MAX
+from app.presence import online
+from app.services import counter, feed, visitors
+from app.web.common import html, identity_cookie, render, runtime, visitor_of
+
+
+class _Limits:
+    message_max = MESSAGE_MAX
+    name_max = NAME_MAX
+
+
+class _Visitor:
+    def __init__(self, id: str, name: str) -> None:
+        self.id = id
+        self.name = name
+
+
+@get("/")
+async def index(request: Request[Any, Any, Any]) -> Response[Any]:
+    rt = runtime(request)
+    who, is_new = visitor_of(request)
+    name = who.guest_name if is_new else await visitors.display_name(rt.db, who)
+    items, has_older = await feed.page_before(rt.db, None)
+    cursor = max((item.id for item in items), default=0)
+    if not items:
+        cursor = await feed.newest_id(rt.db)  # everything may be hidden; still a valid cursor
+    body = render(
+        request,
+        "index.html",
+        visitor=_Visitor(who.id.hex, name),
+        counter_value=await counter.current(rt.db),
+        presence=await online(rt.db, rt.settings.presence_expiry_seconds),
+        items=items,
+        cursor=cursor,
+        has_older=has_older,
+        limits=_Limits,
+        stream_url=f"/events?last_event_id={cursor}",
+    )
+    response = html(body, headers={"cache-control": "no-store"})
+    if is_new:
+        response.set_cookie(identity_cookie(request, who))
+    return response

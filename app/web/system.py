@@ -1,0 +1,54 @@
+"""/healthz and /metrics: about the whole instance, whichever worker answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import metrics
+from app.web.common import runtime
+
+
+@get("/healthz", cache_control=None)
+async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Ready when the database answers and every worker of this instance is listening.
+
+    A readiness check, not a liveness one: a database outage answers 503 here but must
+    not make a platform restart the instance (workers recover by themselves).
+    """
+    rt = runtime(request)
+    settings = rt.settings
+    headers = {"cache-control": "no-store"}
+    fresh_within = max(3 * settings.heartbeat_seconds, 2.0)
+    try:
+        health = await rt.registry.instance_health(fresh_within)
+    except (OSError, SQLAlchemyError) as exc:
+        return Response(
+            {"status": "unavailable", "database": "unreachable", "error": type(exc).__name__,
+             "listener": "connected" if rt.listener.connected else "disconnected"},
+            status_code=503,
+            headers=headers,
+        )
+    listening = (
+        rt.listener.connected
+        and health.workers >= settings.web_concurrency
+        and health.listeners_connected >= health.workers
+    )
+    body = {
+        "status": "ok" if listening else "unavailable",
+        "database": "ok",
+        "listener": "connected" if listening else "disconnected",
+        "workers": health.workers,
+        "workers_expected": settings.web_concurrency,
+        "listeners_connected": health.listeners_connected,
+        "instance": settings.instance_id,
+    }
+    return Response(body, status_code=200 if listening else 503, headers=headers)
+
+
+@get("/metrics")
+async def metrics_endpoint() -> Response[Any]:
+    body, content_type = metrics.render()
+    return Response(content=body, media_type=content_type, headers={"cache-control": "no-store"})
