@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+from logging.config import fileConfig
 
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
@@ -13,6 +14,8 @@ from app.db import connect_args
 from app.models import Base
 
 target_metadata = Base.metadata
+if context.config.config_file_name is not None:
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 
 def _database_url() -> DatabaseUrl:

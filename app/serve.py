@@ -50,7 +50,8 @@ def prepare_environment() -> tuple[dict[str, str], Any]:
     if not env.get("DATABASE_URL", "").strip():
         from app import devdb
 
-        url, keepalive = devdb.start(ROOT / ".data")
+        data_dir = Path(env.get("RIPPLE_DATA_DIR") or ROOT / ".data")
+        url, keepalive = devdb.start(data_dir)
         env["DATABASE_URL"] = url
         env.pop("DATABASE_URL_UNPOOLED", None)
         migrate(env)

@@ -18,7 +18,7 @@ class InvalidInput(ValueError):
 def parse_form(body: bytes) -> dict[str, str]:
     """Decode an urlencoded form strictly: invalid UTF-8 is an error, not U+FFFD."""
     try:
-        text = body.decode("ascii")
+        text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise InvalidInput("The text is not valid UTF-8.") from None

@@ -1,0 +1,209 @@
+"""The real server, real streams: events cross workers and instances; replay; presence."""
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import httpx
+from support import database
+from support.server import AppServer
+from support.sse import SSEClient, SSEEvent
+from support.visitors import Visitor
+
+AppServerFactory = Callable[..., AppServer]
+
+
+def _is(name: str, data: str | None = None) -> Callable[[SSEEvent], bool]:
+    return lambda ev: ev.event == name and (data is None or ev.data == data)
+
+
+async def _newest_id(base_url: str) -> int:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        page = await client.get("/fragments/activity", headers={"accept": "application/json"})
+    items = page.json()["items"]
+    return max((item["id"] for item in items), default=0)
+
+
+async def test_write_on_one_instance_reaches_streams_on_every_worker_of_another(
+    app_server: AppServerFactory,
+) -> None:
+    a = await asyncio.to_thread(app_server, workers=2)
+    b = await asyncio.to_thread(app_server, workers=1)
+    async with await Visitor.arrive(a.base_url) as reader, await Visitor.arrive(b.base_url) as writer:
+        streams = [
+            await SSEClient.connect(a.base_url, cookies=reader.cookie_header()) for _ in range(6)
+        ]
+        try:
+            for stream in streams:
+                assert stream.status == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                assert stream.headers["cache-control"] == "no-cache"
+                assert stream.headers["x-accel-buffering"] == "no"
+                first = await stream.next_event(timeout=5)
+                assert first.retry is not None and first.event == "ping"
+
+            value = (await writer.increment()).json()["value"]
+            for stream in streams:
+                await stream.wait_for(_is("counter", "1"), timeout=5)
+            shown = await reader.get("/fragments/counter", headers={"accept": "text/html"})
+            assert f">{value}<" in shown.text.replace(" ", "")
+
+            posted = await writer.post("across instances")
+            assert posted.status_code == 201
+            item_id = posted.json()["id"]
+            for stream in streams:
+                event = await stream.wait_for(_is("activity", str(item_id)), timeout=5)
+                assert event.id == str(item_id)
+            fragment = await reader.get(f"/fragments/activity/{item_id}", headers={"accept": "text/html"})
+            assert "across instances" in fragment.text
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        served_by = {pid for pid in a.worker_pids()}
+        assert len(served_by) == 2
+
+
+async def test_two_hundred_concurrent_increments_add_exactly_two_hundred(
+    app_server: AppServerFactory,
+) -> None:
+    a = await asyncio.to_thread(app_server, workers=2)
+    b = await asyncio.to_thread(app_server, workers=1)
+    visitors = [await Visitor.arrive(url) for url in [a.base_url, b.base_url] * 10]
+    try:
+        before = (await visitors[0].get("/fragments/counter")).json()["value"]
+        results = await asyncio.gather(*(v.increment() for v in visitors for _ in range(10)))
+        assert all(r.status_code == 200 for r in results)
+        values = sorted(r.json()["value"] for r in results)
+        assert values == list(range(before + 1, before + 201))
+        after = (await visitors[1].get("/fragments/counter")).json()["value"]
+        assert after == before + 200
+    finally:
+        for v in visitors:
+            await v.aclose()
+
+
+async def test_last_event_id_replays_exactly_the_missed_items_in_order(
+    app_server: AppServerFactory,
+) -> None:
+    server = await asyncio.to_thread(app_server, workers=2)
+    async with await Visitor.arrive(server.base_url) as poster:
+        ids = [(await poster.post(f"item {n}")).json()["id"] for n in range(6)]
+        cursor = ids[1]
+        for headers, path in [
+            ({"last-event-id": str(cursor)}, "/events"),
+            ({}, f"/events?last_event_id={cursor}"),
+            # The header wins over the page's original cursor in the URL.
+            ({"last-event-id": str(cursor)}, "/events?last_event_id=0"),
+            # A malformed header is ignored; the query cursor still counts.
+            ({"last-event-id": "12abc"}, f"/events?last_event_id={cursor}"),
+        ]:
+            async with SSEClient.open(server.base_url, path, headers=headers) as stream:
+                got = await stream.collect(2.0, predicate=_is("activity"))
+            replayed = [int(ev.data) for ev in got]
+            assert replayed == ids[2:], (headers, path, replayed)
+            assert [ev.id for ev in got] == [str(i) for i in ids[2:]]
+
+
+async def test_malformed_cursors_never_fail_the_stream(app_server: AppServerFactory) -> None:
+    server = await asyncio.to_thread(app_server, workers=1)
+    for headers, path in [
+        ({"last-event-id": "-5"}, "/events"),
+        ({"last-event-id": "9" * 400}, "/events"),
+        ({}, "/events?last_event_id=%00%ff"),
+        ({}, "/events?last_event_id=1e9&junk=%%%"),
+    ]:
+        async with SSEClient.open(server.base_url, path, headers=headers) as stream:
+            assert stream.status == 200, (headers, path)
+            first = await stream.next_event(timeout=5)
+            assert first.event == "ping"
+            assert not [ev for ev in await stream.collect(0.5) if ev.event == "activity"]
+
+
+async def test_too_many_missed_items_or_a_cursor_ahead_gives_one_resync(
+    app_server: AppServerFactory, database_url: str
+) -> None:
+    server = await asyncio.to_thread(app_server, workers=1)
+    author = uuid.uuid4()
+    await database.execute(
+        database_url, "INSERT INTO visitors (id, name) VALUES ($1, 'Bulk Author')", author
+    )
+    start = await _newest_id(server.base_url)
+    await database.execute(
+        database_url,
+        "INSERT INTO activity (kind, author_id, author_name, body) "
+        "SELECT 'message', $1, 'Bulk Author', 'bulk ' || n FROM generate_series(1, 501) n",
+        author,
+    )
+    newest = await _newest_id(server.base_url)
+    assert newest - start == 501
+    async with SSEClient.open(
+        server.base_url, headers={"last-event-id": str(start)}
+    ) as stream:
+        got = await stream.collect(1.5, predicate=lambda ev: ev.event in {"activity", "resync"})
+    assert [(ev.event, ev.id) for ev in got] == [("resync", str(newest))]
+
+    async with SSEClient.open(
+        server.base_url, headers={"last-event-id": str(start + 1)}
+    ) as stream:
+        got = await stream.collect(3.0, predicate=lambda ev: ev.event in {"activity", "resync"})
+    assert [int(ev.data) for ev in got] == list(range(start + 2, newest + 1))
+
+    async with SSEClient.open(
+        server.base_url, headers={"last-event-id": str(newest + 1000)}
+    ) as stream:
+        got = await stream.collect(1.5, predicate=lambda ev: ev.event in {"activity", "resync"})
+    assert [(ev.event, ev.id) for ev in got] == [("resync", str(newest))]
+
+
+async def test_presence_join_leave_and_rename(app_server: AppServerFactory) -> None:
+    a = await asyncio.to_thread(app_server, workers=2)
+    b = await asyncio.to_thread(app_server, workers=1)
+    ann = await Visitor.arrive(a.base_url)
+    bob = await Visitor.arrive(b.base_url)
+    try:
+        ann_id = ann.cookies()["ripple_visitor"].split(".")[1]
+        bob_id = bob.cookies()["ripple_visitor"].split(".")[1]
+
+        async def online() -> dict[str, str]:
+            listing = (await ann.get("/fragments/presence")).json()
+            return {v["id"]: v["name"] for v in listing["visitors"]}
+
+        ann_stream = await SSEClient.connect(a.base_url, cookies=ann.cookie_header())
+        bob_stream = await SSEClient.connect(b.base_url, cookies=bob.cookie_header())
+        await ann_stream.wait_for(_is("presence", bob_id), timeout=5)
+        assert {ann_id, bob_id} <= set(await online())
+
+        renamed = await bob.rename("Bobby Tables")
+        assert renamed.status_code == 200 and renamed.json() == {"name": "Bobby Tables"}
+        await ann_stream.wait_for(_is("presence", bob_id), timeout=5)
+        assert (await online())[bob_id] == "Bobby Tables"
+        feed = (await ann.get("/fragments/activity")).json()["items"]
+        assert any(i["kind"] == "renamed" and i["author_name"] == "Bobby Tables" for i in feed)
+
+        await bob_stream.aclose()
+        await ann_stream.wait_for(_is("presence", bob_id), timeout=8)
+        assert bob_id not in await online()
+        assert ann_id in await online()
+        await ann_stream.aclose()
+    finally:
+        await ann.aclose()
+        await bob.aclose()
+
+
+async def test_first_time_online_appears_in_the_feed_once(app_server: AppServerFactory) -> None:
+    server = await asyncio.to_thread(app_server, workers=2)
+    async with await Visitor.arrive(server.base_url) as newcomer:
+        vid = newcomer.cookies()["ripple_visitor"].split(".")[1]
+        page = await newcomer.get("/fragments/activity")
+        assert not any(i["author_id"] == vid for i in page.json()["items"]), "GET / wrote"
+        async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
+            await s.wait_for(_is("activity"), timeout=5)  # their join
+        async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
+            await s.next_event(timeout=5)
+        await newcomer.increment()  # a write, too, records nobody twice
+        joins = [
+            i
+            for i in (await newcomer.get("/fragments/activity")).json()["items"]
+            if i["author_id"] == vid and i["kind"] == "joined"
+        ]
+        assert len(joins) == 1
