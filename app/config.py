@@ -6,12 +6,14 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, cast, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 DEV_SECRET = "ripple-development-secret"  # noqa: S105 - refused in production below
 
 # sslmode values libpq understands; asyncpg takes the same words through `ssl=`.
-_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+_SSLMODES: frozenset[str] = frozenset(get_args(SslMode))
 
 
 class ConfigError(ValueError):
@@ -24,7 +26,7 @@ class DatabaseUrl:
 
     sqlalchemy_url: str  # postgresql+asyncpg://..., without query parameters asyncpg rejects
     asyncpg_dsn: str  # postgresql://..., accepted by asyncpg.connect()
-    ssl: str | None  # the sslmode, passed to asyncpg as `ssl=`
+    ssl: SslMode | None  # the sslmode, passed to asyncpg as `ssl=`
 
     @classmethod
     def parse(cls, raw: str) -> DatabaseUrl:
@@ -45,7 +47,9 @@ class DatabaseUrl:
             ("postgresql+asyncpg", parts.netloc, parts.path, rest, parts.fragment)
         )
         asyncpg_dsn = urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment))
-        return cls(sqlalchemy_url=sqlalchemy_url, asyncpg_dsn=asyncpg_dsn, ssl=ssl)
+        return cls(
+            sqlalchemy_url=sqlalchemy_url, asyncpg_dsn=asyncpg_dsn, ssl=cast(SslMode | None, ssl)
+        )
 
     @property
     def database(self) -> str:

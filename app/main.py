@@ -38,9 +38,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     runtime = Runtime(settings)
     headers = list(SECURITY_HEADERS)
     if settings.production:
-        headers.append(
-            ResponseHeader(name="strict-transport-security", value="max-age=31536000")
-        )
+        headers.append(ResponseHeader(name="strict-transport-security", value="max-age=31536000"))
     return Litestar(
         route_handlers=[
             pages.index,

@@ -1,4 +1,4 @@
-"""The schema, as SQLAlchemy 2 models. Alembic migrations build it; the app never calls create_all."""
+"""The schema as SQLAlchemy 2 models; only Alembic migrations build it (no create_all)."""
 
 from __future__ import annotations
 

@@ -55,9 +55,7 @@ async def check(
     )
     async with db.transaction() as session:
         rows = (await session.execute(statement)).all()
-    over = any(
-        hits > (per_visitor if key.startswith("v:") else per_ip) for key, hits in rows
-    )
+    over = any(hits > (per_visitor if key.startswith("v:") else per_ip) for key, hits in rows)
     if not over:
         return None
     return Limited(retry_after=max(1, math.ceil(WINDOW_SECONDS - time.time() % WINDOW_SECONDS)))

@@ -13,11 +13,11 @@ from typing import Any
 
 from litestar import Litestar
 
-from app import metrics
+from app import metrics, ratelimit
 from app.config import Settings
 from app.db import Database, create_engine
 from app.presence import PresenceTracker
-from app.realtime import Event, Hub, Listener
+from app.realtime import Hub, Listener
 from app.services import feed
 from app.workers import WorkerRegistry, new_worker_id
 
@@ -62,18 +62,25 @@ class Runtime:
         await self.registry.beat(connected)
 
     async def _resync_after_reconnect(self) -> None:
-        self.hub.newest_activity_id = max(self.hub.newest_activity_id, await feed.newest_id(self.db))
+        self.hub.newest_activity_id = max(
+            self.hub.newest_activity_id, await feed.newest_id(self.db)
+        )
         self.hub.resync_all("listener-reconnected")
 
     # -- background loops ----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        reported_streams = -1
         while True:
+            if len(self.hub) != reported_streams:
+                reported_streams = len(self.hub)
+                log.info("streams open=%d worker_id=%s", reported_streams, self.worker_id)
             try:
                 recreated = await self.registry.beat(self.listener.connected)
                 if recreated:
                     await self.presence.reassert()
                 await self.registry.reap()
+                await ratelimit.forget_old_windows(self.db)
                 queue_usage = await self._queue_usage()
                 metrics.QUEUE_USAGE.set(queue_usage)
             except Exception as exc:  # the database may be away; keep beating
@@ -108,7 +115,9 @@ class Runtime:
             asyncio.create_task(self._heartbeat_loop(), name="ripple-heartbeat"),
             asyncio.create_task(self._ping_loop(), name="ripple-ping"),
         ]
-        log.info("worker started worker_id=%s instance=%s", self.worker_id, self.settings.instance_id)
+        log.info(
+            "worker started worker_id=%s instance=%s", self.worker_id, self.settings.instance_id
+        )
 
     def begin_shutdown(self) -> None:
         """Tell every stream to end now (clients reconnect elsewhere)."""

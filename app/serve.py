@@ -7,6 +7,7 @@ metrics directory, raises the open-file limit, and starts uvicorn.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
@@ -18,9 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import uvicorn
 
 from app.config import ConfigError, Settings
+from app.realtime import CHANNEL
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -44,6 +47,41 @@ def migrate(env: dict[str, str]) -> None:
     )
 
 
+async def _listen_round_trip(settings: Settings, timeout: float = 5.0) -> bool | None:
+    """Does a NOTIFY sent through DATABASE_URL reach a LISTEN on DATABASE_URL_UNPOOLED?
+
+    None if the database cannot be reached now (the workers keep retrying by themselves).
+    """
+    listen, pooled = settings.listen_database, settings.database
+    try:
+        listener = await asyncpg.connect(listen.asyncpg_dsn, ssl=listen.ssl, timeout=timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
+    try:
+        arrived = asyncio.Event()
+        token = f"probe:{uuid.uuid4().hex}"
+
+        def on_notification(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            if payload == token:
+                arrived.set()
+
+        await listener.add_listener(CHANNEL, on_notification)
+        sender = await asyncpg.connect(
+            pooled.asyncpg_dsn, ssl=pooled.ssl, timeout=timeout, statement_cache_size=0
+        )
+        try:
+            await sender.execute("SELECT pg_notify($1, $2)", CHANNEL, token)
+        finally:
+            await sender.close()
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+    finally:
+        await listener.close()
+
+
 def prepare_environment() -> tuple[dict[str, str], Any]:
     env = dict(os.environ)
     keepalive = None
@@ -55,7 +93,9 @@ def prepare_environment() -> tuple[dict[str, str], Any]:
         env["DATABASE_URL"] = url
         env.pop("DATABASE_URL_UNPOOLED", None)
         migrate(env)
-        log.warning("embedded PostgreSQL migrated; serving on http://127.0.0.1:%s", env.get("PORT", "8000"))
+        log.warning(
+            "embedded PostgreSQL migrated; serving on http://127.0.0.1:%s", env.get("PORT", "8000")
+        )
     env.setdefault("RIPPLE_INSTANCE_ID", f"{os.uname().nodename[:30]}-{uuid.uuid4().hex[:8]}")
     metrics_dir = Path(tempfile.mkdtemp(prefix="ripple-metrics-"))
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -71,10 +111,19 @@ def main() -> None:
     except ConfigError as error:
         log.error("configuration error: %s", error)
         sys.exit(2)
+    if asyncio.run(_listen_round_trip(settings)) is False:
+        log.error(
+            "DATABASE_URL_UNPOOLED does not deliver notifications: a LISTEN there 'succeeds' "
+            "but nothing arrives. Point it at a direct (session) connection to PostgreSQL, "
+            "not a transaction pooler such as PgBouncer in transaction mode."
+        )
+        sys.exit(3)
     files = raise_open_file_limit()
     log.info(
         "starting %d workers on 0.0.0.0:%d (open-file limit %d)",
-        settings.web_concurrency, settings.port, files,
+        settings.web_concurrency,
+        settings.port,
+        files,
     )
     try:
         uvicorn.run(

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
@@ -46,16 +47,15 @@ class WorkerRegistry:
 
     async def beat(self, listener_connected: bool) -> bool:
         """Record that this worker is alive; True if its row had to be created (again)."""
-        statement = insert(Worker).values(
+        upsert = insert(Worker).values(
             id=self.worker_id, instance_id=self.instance_id, listener_connected=listener_connected
         )
-        statement = statement.on_conflict_do_update(
+        statement: Any = upsert.on_conflict_do_update(
             index_elements=[Worker.id],
             set_={"heartbeat_at": func.now(), "listener_connected": listener_connected},
         ).returning(literal_column("xmax = 0"))
         async with self._db.transaction() as session:
-            created = bool(await session.scalar(statement))
-        return created
+            return bool(await session.scalar(statement))
 
     async def reap(self) -> int:
         """Remove workers that stopped beating (their presence entries go with them)."""

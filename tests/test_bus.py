@@ -67,11 +67,15 @@ async def test_rolled_back_write_notifies_no_one(
     db: Database, notifications: asyncio.Queue[str]
 ) -> None:
     await _drain(notifications)
-    with pytest.raises(RuntimeError, match="abort"):
+
+    async def write_then_fail() -> None:
         async with db.transaction() as session:
             await ensure_recorded(session, _visitor())  # a join: visitor row plus feed item
             await counter_bump(session)
             raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError, match="abort"):
+        await write_then_fail()
     assert await _drain(notifications, settle=0.5) == []
 
     value = await counter.increment(db)

@@ -23,9 +23,11 @@ async def test_starts_embedded_database_migrates_and_serves(
     log = server.log_text()
     assert "embedded PostgreSQL" in log
     assert log.count("Running upgrade") == 1  # migrated once, by the launcher
-    async with await Visitor.arrive(server.base_url) as visitor:
-        async with SSEClient.open(server.base_url, cookies=visitor.cookie_header()) as stream:
-            value = (await visitor.increment()).json()["value"]
-            assert value == 1
-            await stream.wait_for(lambda ev: ev.event == "counter", timeout=5)
+    async with (
+        await Visitor.arrive(server.base_url) as visitor,
+        SSEClient.open(server.base_url, cookies=visitor.cookie_header()) as stream,
+    ):
+        value = (await visitor.increment()).json()["value"]
+        assert value == 1
+        await stream.wait_for(lambda ev: ev.event == "counter", timeout=5)
     assert (tmp_path / "data" / "pg").is_dir()

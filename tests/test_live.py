@@ -29,7 +29,10 @@ async def test_write_on_one_instance_reaches_streams_on_every_worker_of_another(
 ) -> None:
     a = await asyncio.to_thread(app_server, workers=2)
     b = await asyncio.to_thread(app_server, workers=1)
-    async with await Visitor.arrive(a.base_url) as reader, await Visitor.arrive(b.base_url) as writer:
+    async with (
+        await Visitor.arrive(a.base_url) as reader,
+        await Visitor.arrive(b.base_url) as writer,
+    ):
         streams = [
             await SSEClient.connect(a.base_url, cookies=reader.cookie_header()) for _ in range(6)
         ]
@@ -40,7 +43,8 @@ async def test_write_on_one_instance_reaches_streams_on_every_worker_of_another(
                 assert stream.headers["cache-control"] == "no-cache"
                 assert stream.headers["x-accel-buffering"] == "no"
                 first = await stream.next_event(timeout=5)
-                assert first.retry is not None and first.event == "ping"
+                assert first.retry is not None
+                assert first.event == "ping"
 
             value = (await writer.increment()).json()["value"]
             for stream in streams:
@@ -54,12 +58,14 @@ async def test_write_on_one_instance_reaches_streams_on_every_worker_of_another(
             for stream in streams:
                 event = await stream.wait_for(_is("activity", str(item_id)), timeout=5)
                 assert event.id == str(item_id)
-            fragment = await reader.get(f"/fragments/activity/{item_id}", headers={"accept": "text/html"})
+            fragment = await reader.get(
+                f"/fragments/activity/{item_id}", headers={"accept": "text/html"}
+            )
             assert "across instances" in fragment.text
         finally:
             for stream in streams:
                 await stream.aclose()
-        served_by = {pid for pid in a.worker_pids()}
+        served_by = set(a.worker_pids())
         assert len(served_by) == 2
 
 
@@ -136,15 +142,11 @@ async def test_too_many_missed_items_or_a_cursor_ahead_gives_one_resync(
     )
     newest = await _newest_id(server.base_url)
     assert newest - start == 501
-    async with SSEClient.open(
-        server.base_url, headers={"last-event-id": str(start)}
-    ) as stream:
+    async with SSEClient.open(server.base_url, headers={"last-event-id": str(start)}) as stream:
         got = await stream.collect(1.5, predicate=lambda ev: ev.event in {"activity", "resync"})
     assert [(ev.event, ev.id) for ev in got] == [("resync", str(newest))]
 
-    async with SSEClient.open(
-        server.base_url, headers={"last-event-id": str(start + 1)}
-    ) as stream:
+    async with SSEClient.open(server.base_url, headers={"last-event-id": str(start + 1)}) as stream:
         got = await stream.collect(3.0, predicate=lambda ev: ev.event in {"activity", "resync"})
     assert [int(ev.data) for ev in got] == list(range(start + 2, newest + 1))
 
@@ -174,7 +176,8 @@ async def test_presence_join_leave_and_rename(app_server: AppServerFactory) -> N
         assert {ann_id, bob_id} <= set(await online())
 
         renamed = await bob.rename("Bobby Tables")
-        assert renamed.status_code == 200 and renamed.json() == {"name": "Bobby Tables"}
+        assert renamed.status_code == 200
+        assert renamed.json() == {"name": "Bobby Tables"}
         await ann_stream.wait_for(_is("presence", bob_id), timeout=5)
         assert (await online())[bob_id] == "Bobby Tables"
         feed = (await ann.get("/fragments/activity")).json()["items"]

@@ -47,7 +47,8 @@ def test_pooled_url_is_recognised_by_a_distinct_unpooled_url() -> None:
     split = Settings.from_env(
         {"DATABASE_URL": "postgres://pooler/db", "DATABASE_URL_UNPOOLED": "postgres://h/db"}
     )
-    assert split.database_is_pooled and split.listen_database.asyncpg_dsn == "postgresql://h/db"
+    assert split.database_is_pooled
+    assert split.listen_database.asyncpg_dsn == "postgresql://h/db"
 
 
 def test_frames_are_well_formed_and_refuse_line_breaks() -> None:

@@ -75,7 +75,9 @@ class Listener:
 
     # -- receiving -------------------------------------------------------------------
 
-    def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if not isinstance(payload, str):
+            return
         if payload.startswith(PROBE_PREFIX):
             probe = self._probes.get(payload[len(PROBE_PREFIX) :])
             if probe is not None and not probe.done():
@@ -199,7 +201,7 @@ class Listener:
                 self._conn.terminate()
                 self._conn = None
             self._lost.clear()
-            delay = min(10.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.5)
+            delay = min(5.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.5)
             await asyncio.sleep(delay if attempt else random.uniform(0.05, 0.25))
             attempt += 1
             try:

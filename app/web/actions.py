@@ -46,7 +46,9 @@ async def _limit(request: Request[Any, Any, Any], action: str, who: Identity) ->
         )
 
 
-def _with_identity(request: Request[Any, Any, Any], response: Response[Any], who: Identity, new: bool) -> Response[Any]:
+def _with_identity(
+    request: Request[Any, Any, Any], response: Response[Any], who: Identity, new: bool
+) -> Response[Any]:
     if new:
         response.set_cookie(identity_cookie(request, who))
     return response
@@ -92,5 +94,6 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
     if wants_json(request):
         return _with_identity(request, Response({"name": name}), who, new)
     view = await online(rt.db, rt.settings.presence_expiry_seconds)
-    return _with_identity(request, html(render(request, "partials/presence.html", presence=view)), who, new)
-
+    return _with_identity(
+        request, html(render(request, "partials/presence.html", presence=view)), who, new
+    )

@@ -52,7 +52,9 @@ def render(request: Request[Any, Any, Any], template: str, **context: Any) -> st
     return str(engine.get_template(template).render(**context))
 
 
-def html(body: str | bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
+def html(
+    body: str | bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response[Any]:
     return Response(content=body, status_code=status, media_type=HTML, headers=headers)
 
 

@@ -27,11 +27,17 @@ _DEFAULT_REASONS = {
 }
 
 
-def _reply(request: Request[Any, Any, Any], status: int, reason: str, headers: dict[str, str]) -> Response[Any]:
+def _reply(
+    request: Request[Any, Any, Any], status: int, reason: str, headers: dict[str, str]
+) -> Response[Any]:
     headers = {**headers, "cache-control": "no-store"}
     if wants_json(request):
-        return Response({"status_code": status, "detail": reason}, status_code=status, headers=headers)
-    return Response(reason, status_code=status, media_type="text/plain; charset=utf-8", headers=headers)
+        return Response(
+            {"status_code": status, "detail": reason}, status_code=status, headers=headers
+        )
+    return Response(
+        reason, status_code=status, media_type="text/plain; charset=utf-8", headers=headers
+    )
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -51,9 +57,16 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     from sqlalchemy.exc import SQLAlchemyError
 
     if isinstance(exc, (OSError, SQLAlchemyError)):
-        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        log.warning(
+            "database unavailable during %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
         return _reply(
-            request, 503, "The database is unavailable; nothing was saved. Try again shortly.",
+            request,
+            503,
+            "The database is unavailable; nothing was saved. Try again shortly.",
             {"retry-after": "2"},
         )
     log.exception("unhandled error during %s %s", request.method, request.url.path)

@@ -13,6 +13,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.exceptions import ClientException, HTTPException, NotFoundException
 
+from app import metrics
 from app.presence import online
 from app.services import counter, feed
 from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
@@ -31,14 +32,18 @@ def _state_headers() -> dict[str, str]:
 
 @get("/fragments/counter")
 async def counter_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
+    metrics.FRAGMENTS_SERVED.labels("counter").inc()
     value = await counter.current(runtime(request).db)
     if wants_json(request):
         return Response({"value": value}, headers=_state_headers())
-    return html(render(request, "partials/counter.html", counter_value=value), headers=_state_headers())
+    return html(
+        render(request, "partials/counter.html", counter_value=value), headers=_state_headers()
+    )
 
 
 @get("/fragments/presence")
 async def presence_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
+    metrics.FRAGMENTS_SERVED.labels("presence").inc()
     rt = runtime(request)
     view = await online(rt.db, rt.settings.presence_expiry_seconds)
     if wants_json(request):
@@ -93,6 +98,7 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
     if wants_json(request):
         return Response(item_json(item), headers={"vary": FRAGMENT_VARY})
     body, etag = render_item(request, item)
+    metrics.FRAGMENTS_SERVED.labels("activity").inc()
     # Not immutable: an operator may hide an item later, and then it must answer 410.
     headers = {"etag": etag, "vary": FRAGMENT_VARY, "cache-control": "public, max-age=60"}
     if request.headers.get("if-none-match") == etag:
@@ -111,6 +117,7 @@ def _cursor(raw: str | None, name: str) -> int | None:
 @get("/fragments/activity")
 async def activity_list(request: Request[Any, Any, Any]) -> Response[Any]:
     """?after=N: the items right after N; ?before=N: the items right before N (or newest)."""
+    metrics.FRAGMENTS_SERVED.labels("activity-list").inc()
     db = runtime(request).db
     after = _cursor(request.query_params.get("after"), "after")
     before = _cursor(request.query_params.get("before"), "before")

@@ -26,8 +26,12 @@ async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
         health = await rt.registry.instance_health(fresh_within)
     except (OSError, SQLAlchemyError) as exc:
         return Response(
-            {"status": "unavailable", "database": "unreachable", "error": type(exc).__name__,
-             "listener": "connected" if rt.listener.connected else "disconnected"},
+            {
+                "status": "unavailable",
+                "database": "unreachable",
+                "error": type(exc).__name__,
+                "listener": "connected" if rt.listener.connected else "disconnected",
+            },
             status_code=503,
             headers=headers,
         )
