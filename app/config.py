@@ -94,7 +94,7 @@ class Settings:
     port: int = 8000
     web_concurrency: int = 2
     rate_limit_per_minute: int = 30
-    max_streams_per_client: int = 20
+    max_streams_per_client: int = 32
     max_streams_per_worker: int = 10_000
     forwarded_allow_ips: str = "127.0.0.1"
     instance_id: str = "local"
@@ -144,7 +144,7 @@ class Settings:
             port=_int(env, "PORT", 8000, 1),
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, 1),
             rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 30),
-            max_streams_per_client=_int(env, "MAX_STREAMS_PER_CLIENT", 20),
+            max_streams_per_client=_int(env, "MAX_STREAMS_PER_CLIENT", 32),
             max_streams_per_worker=_int(env, "MAX_STREAMS_PER_WORKER", 10_000, 1),
             forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
             instance_id=env.get("RIPPLE_INSTANCE_ID", "local"),

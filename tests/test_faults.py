@@ -1,0 +1,252 @@
+"""Faults caused for real against real processes: a killed LISTEN connection, a database
+that goes away and comes back, slow and vanished clients, SIGTERM and SIGKILL."""
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from support import database
+from support.cluster import PgCluster
+from support.probes import eventually, health, metric, online_ids
+from support.server import AppServer
+from support.sse import SSEClient, SSEEvent, StreamClosed
+from support.stalled import StalledStream
+from support.visitors import Visitor
+
+AppServerFactory = Callable[..., AppServer]
+# Every test client connects from 127.0.0.1: lift the per-IP stream cap.
+MANY = {"MAX_STREAMS_PER_CLIENT": "0"}
+
+
+def _is(name: str, data: str | None = None) -> Callable[[SSEEvent], bool]:
+    return lambda ev: ev.event == name and (data is None or ev.data == data)
+
+
+async def _open_streams(base_url: str, count: int, cookies: str | None = None) -> list[SSEClient]:
+    streams = await asyncio.gather(
+        *(SSEClient.connect(base_url, cookies=cookies, timeout=20) for _ in range(count))
+    )
+    for stream in streams:
+        assert stream.status == 200
+    await asyncio.gather(*(s.wait_for(_is("ping"), timeout=20) for s in streams))
+    return list(streams)
+
+
+async def _close(streams: list[SSEClient]) -> None:
+    await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+
+
+async def test_terminated_listener_reconnects_resyncs_and_delivers(
+    app_server: AppServerFactory, database_url: str
+) -> None:
+    server = await asyncio.to_thread(app_server, workers=2)
+    streams = await _open_streams(server.base_url, 8)
+    try:
+        before = await metric(server.base_url, "ripple_listener_reconnects_total")
+        killed = await database.fetch(
+            database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'ripple-listener' AND datname = current_database()",
+        )
+        assert len(killed) == 2  # one listener per worker
+        started = time.monotonic()
+        await asyncio.gather(*(s.wait_for(_is("resync"), timeout=5) for s in streams))
+        assert time.monotonic() - started < 5
+        assert all(not s.closed for s in streams)
+        async with await Visitor.arrive(server.base_url) as writer:
+            item_id = (await writer.post("after the reconnect")).json()["id"]
+        await asyncio.gather(
+            *(s.wait_for(_is("activity", str(item_id)), timeout=5) for s in streams)
+        )
+        after = await metric(server.base_url, "ripple_listener_reconnects_total")
+        assert after - before == 2
+        status, _ = await health(server.base_url)
+        assert status == 200
+    finally:
+        await _close(streams)
+
+
+async def test_database_outage_is_reported_survived_and_loses_nothing(
+    app_server: AppServerFactory, pg_cluster: Callable[[], PgCluster]
+) -> None:
+    cluster = await asyncio.to_thread(pg_cluster)
+    await database.execute(cluster.url, "CREATE DATABASE ripple")
+    url = cluster.url_for("ripple")
+    await asyncio.to_thread(database.migrate, url)
+    server = await asyncio.to_thread(app_server, database_url=url, workers=2)
+    workers_before = set(server.worker_pids())
+    async with await Visitor.arrive(server.base_url) as visitor:
+        kept = (await visitor.post("committed before the outage")).json()["id"]
+        streams = await _open_streams(server.base_url, 4, cookies=visitor.cookie_header())
+        try:
+            await asyncio.to_thread(cluster.stop, "fast")
+            down = await eventually(lambda: health(server.base_url), lambda h: h[0] == 503, 15)
+            assert down[1]["status"] == "unavailable"
+
+            failed = await visitor.client.post(
+                "/activity", data={"message": "during the outage"}, headers={"accept": "text/plain"}
+            )
+            assert failed.status_code == 503
+            assert "database is unavailable" in failed.text
+            assert "Traceback" not in failed.text
+
+            await asyncio.sleep(2)  # a few seconds of outage
+            await asyncio.to_thread(cluster.start)
+            await eventually(lambda: health(server.base_url), lambda h: h[0] == 200, 30)
+            await asyncio.gather(*(s.wait_for(_is("resync"), timeout=20) for s in streams))
+
+            assert set(server.worker_pids()) == workers_before, "a worker crashed"
+            after = (await visitor.post("after the outage")).json()["id"]
+            await asyncio.gather(
+                *(s.wait_for(_is("activity", str(after)), timeout=5) for s in streams)
+            )
+            bodies = await database.fetch(url, "SELECT id, body FROM activity ORDER BY id")
+            texts = {r["body"] for r in bodies}
+            assert {"committed before the outage", "after the outage"} <= texts
+            assert "during the outage" not in texts
+            assert kept in {r["id"] for r in bodies}
+        finally:
+            await _close(streams)
+
+
+async def test_client_that_stops_reading_never_holds_back_the_others(
+    app_server: AppServerFactory,
+) -> None:
+    server = await asyncio.to_thread(app_server, workers=1)
+    async with await Visitor.arrive(server.base_url) as writer:
+        await writer.post("warming up")  # records the writer (a "joined" item) first
+        stalled = [await StalledStream.open(server.base_url) for _ in range(3)]
+        readers = await _open_streams(server.base_url, 3)
+        try:
+            sem = asyncio.Semaphore(10)
+
+            async def post(n: int) -> int:
+                async with sem:
+                    response = await writer.post(f"burst {n} " + "x" * 200)
+                    assert response.status_code == 201
+                    return int(response.json()["id"])
+
+            ids = sorted(await asyncio.gather(*(post(n) for n in range(300))))
+            for reader in readers:
+                got = await reader.collect(10, count=len(ids), predicate=_is("activity"))
+                assert [int(ev.data) for ev in got] == ids
+            assert all(s.status == 200 for s in stalled)
+        finally:
+            for s in stalled:
+                s.close()
+            await _close(readers)
+
+
+async def test_dropped_streams_release_stream_slots_and_presence(
+    app_server: AppServerFactory,
+) -> None:
+    server = await asyncio.to_thread(app_server, MANY, workers=2)
+    base = server.base_url
+    open_before = await metric(base, "ripple_open_streams")
+    online_before = await online_ids(base)
+    visitors = [await Visitor.arrive(base) for _ in range(50)]
+    try:
+        streams: list[SSEClient] = []
+        for visitor in visitors:
+            streams += await _open_streams(base, 10, cookies=visitor.cookie_header())
+        await eventually(
+            lambda: metric(base, "ripple_open_streams"), lambda v: v == open_before + 500, 10
+        )
+        ids = {v.cookies()["ripple_visitor"].split(".")[1] for v in visitors}
+        await eventually(lambda: online_ids(base), lambda now: ids <= now, 10)
+        for stream in streams:
+            stream.abort()
+        await eventually(
+            lambda: metric(base, "ripple_open_streams"), lambda v: v == open_before, 10
+        )
+        await eventually(lambda: online_ids(base), lambda now: now == online_before, 15)
+    finally:
+        for visitor in visitors:
+            await visitor.aclose()
+
+
+async def test_sigterm_with_1000_streams_ends_them_and_exits_quickly(
+    app_server: AppServerFactory, database_url: str
+) -> None:
+    server = await asyncio.to_thread(app_server, MANY, workers=2)
+    _, info = await health(server.base_url)
+    instance = info["instance"]
+    visitors = [await Visitor.arrive(server.base_url) for _ in range(20)]
+    streams: list[SSEClient] = []
+    try:
+        for visitor in visitors:
+            streams += await _open_streams(server.base_url, 50, cookies=visitor.cookie_header())
+        assert len(streams) == 1000
+        present = await database.fetchval(
+            database_url,
+            "SELECT count(*) FROM presence p JOIN workers w ON w.id = p.worker_id "
+            "WHERE w.instance_id = $1",
+            instance,
+        )
+        assert present >= 20
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        await asyncio.to_thread(server.wait, 15)
+        took = time.monotonic() - started
+        assert took < 10, f"shutdown took {took:.1f} s"
+        for stream in streams:
+            await stream.wait_closed(timeout=5)
+            assert stream.error is None or isinstance(stream.error, StreamClosed)
+        left = await database.fetchval(
+            database_url, "SELECT count(*) FROM workers WHERE instance_id = $1", instance
+        )
+        assert left == 0
+        present = await database.fetchval(
+            database_url,
+            "SELECT count(*) FROM presence p JOIN workers w ON w.id = p.worker_id "
+            "WHERE w.instance_id = $1",
+            instance,
+        )
+        assert present == 0
+    finally:
+        await _close(streams)
+        for visitor in visitors:
+            await visitor.aclose()
+
+
+@pytest.mark.parametrize("victim", ["instance", "worker"])
+async def test_sigkill_expires_presence_and_spares_the_other_instance(
+    app_server: AppServerFactory, victim: str
+) -> None:
+    doomed = await asyncio.to_thread(app_server, workers=2)
+    survivor = await asyncio.to_thread(app_server, workers=1)
+    xena = await Visitor.arrive(doomed.base_url)
+    yuri = await Visitor.arrive(survivor.base_url)
+    try:
+        xena_id = xena.cookies()["ripple_visitor"].split(".")[1]
+        xena_streams = [
+            await SSEClient.connect(doomed.base_url, cookies=xena.cookie_header())
+            for _ in range(6)
+        ]
+        yuri_stream = await SSEClient.connect(survivor.base_url, cookies=yuri.cookie_header())
+        await eventually(lambda: online_ids(survivor.base_url), lambda ids: xena_id in ids, 10)
+        if victim == "instance":
+            doomed.kill()
+        else:
+            doomed.signal(signal.SIGKILL, group=False)  # the supervisor survives
+            for pid in doomed.worker_pids():
+                import os
+
+                os.kill(pid, signal.SIGKILL)
+        # Expiry is 6 s in tests; the survivor's heartbeat reaps and announces it.
+        started = time.monotonic()
+        await eventually(
+            lambda: online_ids(survivor.base_url), lambda ids: xena_id not in ids, 15
+        )
+        assert time.monotonic() - started < 12
+        await yuri_stream.wait_for(_is("presence"), timeout=5)
+        item = (await yuri.post("still here")).json()["id"]
+        await yuri_stream.wait_for(_is("activity", str(item)), timeout=5)
+        await yuri_stream.aclose()
+        for stream in xena_streams:
+            await stream.aclose()
+    finally:
+        await xena.aclose()
+        await yuri.aclose()
