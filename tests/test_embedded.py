@@ -2,20 +2,36 @@
 (before the workers), and serves."""
 
 import asyncio
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Run as root, the embedded server drops to an unprivileged user, which must be able to
+    reach its directory (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ripple-embedded-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 async def test_starts_embedded_database_migrates_and_serves(
-    app_server: Callable[..., AppServer], tmp_path: Path
+    app_server: Callable[..., AppServer], data_dir: Path
 ) -> None:
     server = await asyncio.to_thread(
         app_server,
-        {"RIPPLE_DATA_DIR": str(tmp_path / "data")},
+        {"RIPPLE_DATA_DIR": str(data_dir / "data")},
         database_url="",
         workers=2,
         startup_timeout=90,
@@ -30,4 +46,4 @@ async def test_starts_embedded_database_migrates_and_serves(
         value = (await visitor.increment()).json()["value"]
         assert value == 1
         await stream.wait_for(lambda ev: ev.event == "counter", timeout=5)
-    assert (tmp_path / "data" / "pg").is_dir()
+    assert (data_dir / "data" / "pg").is_dir()

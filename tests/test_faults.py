@@ -45,6 +45,13 @@ async def test_terminated_listener_reconnects_resyncs_and_delivers(
     streams = await _open_streams(server.base_url, 8)
     try:
         before = await metric(server.base_url, "ripple_listener_reconnects_total")
+        states = await database.fetch(
+            database_url,
+            "SELECT state FROM pg_stat_activity "
+            "WHERE application_name = 'ripple-listener' AND datname = current_database()",
+        )
+        # A listener inside a transaction would hold back the notification queue for everyone.
+        assert [r["state"] for r in states] == ["idle", "idle"]
         killed = await database.fetch(
             database_url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -222,8 +229,7 @@ async def test_sigkill_expires_presence_and_spares_the_other_instance(
     try:
         xena_id = xena.cookies()["ripple_visitor"].split(".")[1]
         xena_streams = [
-            await SSEClient.connect(doomed.base_url, cookies=xena.cookie_header())
-            for _ in range(6)
+            await SSEClient.connect(doomed.base_url, cookies=xena.cookie_header()) for _ in range(6)
         ]
         yuri_stream = await SSEClient.connect(survivor.base_url, cookies=yuri.cookie_header())
         await eventually(lambda: online_ids(survivor.base_url), lambda ids: xena_id in ids, 10)
@@ -237,9 +243,7 @@ async def test_sigkill_expires_presence_and_spares_the_other_instance(
                 os.kill(pid, signal.SIGKILL)
         # Expiry is 6 s in tests; the survivor's heartbeat reaps and announces it.
         started = time.monotonic()
-        await eventually(
-            lambda: online_ids(survivor.base_url), lambda ids: xena_id not in ids, 15
-        )
+        await eventually(lambda: online_ids(survivor.base_url), lambda ids: xena_id not in ids, 15)
         assert time.monotonic() - started < 12
         await yuri_stream.wait_for(_is("presence"), timeout=5)
         item = (await yuri.post("still here")).json()["id"]
