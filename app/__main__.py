@@ -4,30 +4,83 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import sys
 from datetime import timedelta
 
-from app.config import Settings
+from app.config import ConfigError, Settings
+
+MAX_ITEM_ID = 2**63 - 1  # activity ids are PostgreSQL bigints
+
+
+def _item_id(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a feed item id") from None
+    if not 0 < value <= MAX_ITEM_ID:
+        raise argparse.ArgumentTypeError(f"{raw} is not a feed item id (a positive number)")
+    return value
+
+
+def _days(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of days") from None
+    # A negative age would reach into the future and delete every item.
+    if not math.isfinite(value) or value < 0 or value > 100 * 365:
+        raise argparse.ArgumentTypeError(f"{raw} days: give a number from 0 to 36500")
+    return value
+
+
+def _config_problem() -> str | None:
+    """Check the environment before anything starts (even the embedded development database).
+
+    DATABASE_URL may be unset here (the launcher starts an embedded PostgreSQL then).
+    """
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL", "").strip():
+        env["DATABASE_URL"] = "postgresql://embedded/ripple"
+    try:
+        Settings.from_env(env)
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def _moderation(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.db import Database, create_engine
     from app.services import feed
 
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
     async def run() -> int:
-        db = Database(create_engine(Settings.from_env()))
+        db = Database(create_engine(settings))
         try:
             if args.command == "hide":
                 found = await feed.hide(db, args.item_id)
                 print(f"item {args.item_id} hidden" if found else f"no item {args.item_id}")
                 return 0 if found else 1
             count = await feed.prune(db, timedelta(days=args.older_than))
-            print(f"removed {count} items older than {args.older_than} days")
+            print(f"removed {count} items older than {args.older_than:g} days")
             return 0
         finally:
             await db.dispose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (OSError, SQLAlchemyError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"database error, nothing changed: {type(error).__name__}: {detail}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the web server (Procfile: web)")
     hide = sub.add_parser("hide", help="hide a feed item from everyone (moderation)")
-    hide.add_argument("item_id", type=int)
+    hide.add_argument("item_id", type=_item_id, metavar="ID")
     prune = sub.add_parser("prune", help="delete feed items older than a retention age")
-    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
     args = parser.parse_args(argv)
     if args.command == "serve":
+        problem = _config_problem()
+        if problem is not None:
+            print(f"configuration error: {problem}", file=sys.stderr)
+            return 2
         from app.serve import main as serve
 
         serve()

@@ -50,7 +50,8 @@ def encode(identity: Identity, key: bytes) -> str:
 
 def decode(value: str | None, key: bytes) -> Identity | None:
     """The identity in a cookie value, or None if it is missing, malformed or tampered with."""
-    if not value or len(value) > 300:
+    # Header bytes arrive as latin-1 text: hmac.compare_digest raises TypeError on non-ASCII.
+    if not value or len(value) > 300 or not value.isascii():
         return None
     body, _, signature = value.rpartition(".")
     if not hmac.compare_digest(signature, _sign(key, body)):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.csrf import CSRFConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
-from litestar.datastructures import CacheControlHeader, ResponseHeader, State
-from litestar.exceptions import HTTPException
+from litestar.datastructures import CacheControlHeader, State
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, BeforeMessageSendHookHandler, Message, Receive, Scope, Send
 
 from app.config import Settings
 from app.runtime import Runtime, lifespan
@@ -24,21 +27,64 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
     "object-src 'none'"
 )
-SECURITY_HEADERS = [
-    ResponseHeader(name="content-security-policy", value=CONTENT_SECURITY_POLICY),
-    ResponseHeader(name="x-content-type-options", value="nosniff"),
-    ResponseHeader(name="referrer-policy", value="same-origin"),
-    ResponseHeader(name="x-frame-options", value="DENY"),
-]
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "x-frame-options": "DENY",
+}
+HSTS = "max-age=31536000"
 MAX_BODY_BYTES = 16 * 1024  # a 280-character message is at most ~3.4 KiB encoded
+CSRF_COOKIE = "csrftoken"
+CSRF_HEADER = "x-csrftoken"
+CSRF_EXEMPT = ["/events", "/healthz", "/metrics"]
+
+
+def security_headers_hook(production: bool) -> BeforeMessageSendHookHandler:
+    """Add the security headers to every response the app sends.
+
+    `response_headers=` reaches only responses of matched route handlers; errors raised
+    before a handler (404, 405, CSRF 403, 413) and the raw ASGI event stream bypass it.
+    """
+    wanted = dict(SECURITY_HEADERS, **({"strict-transport-security": HSTS} if production else {}))
+    pairs = [(name.encode(), value.encode()) for name, value in wanted.items()]
+
+    async def add_headers(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start":
+            return
+        headers = list(message.get("headers", ()))  # never mutate a shared header list
+        present = {bytes(name).lower() for name, _ in headers}
+        missing = [pair for pair in pairs if pair[0] not in present]
+        if missing:
+            message["headers"] = headers + missing
+
+    return add_headers
+
+
+def require_csrf_header(app: ASGIApp) -> ASGIApp:
+    """Refuse an unsafe request without an ASCII `x-csrftoken` header before Litestar's check.
+
+    Litestar's CSRF middleware would otherwise fall back to parsing the body for a
+    `_csrf_token` field (a multipart part that is not UTF-8 raises there), and it compares
+    tokens with `hmac.compare_digest`, which raises TypeError on non-ASCII text. The
+    contract names the header as the only carrier, so nothing is lost.
+    """
+
+    async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and scope["method"] not in {"GET", "HEAD", "OPTIONS"}:
+            request: Request[Any, Any, Any] = Request(scope)
+            header = request.headers.get(CSRF_HEADER, "")
+            cookie = request.cookies.get(CSRF_COOKIE, "")
+            if not header or not header.isascii() or not cookie.isascii():
+                raise PermissionDeniedException("CSRF token verification failed")
+        await app(scope, receive, send)
+
+    return guard
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     runtime = Runtime(settings)
-    headers = list(SECURITY_HEADERS)
-    if settings.production:
-        headers.append(ResponseHeader(name="strict-transport-security", value="max-age=31536000"))
     return Litestar(
         route_handlers=[
             pages.index,
@@ -63,13 +109,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
-            cookie_name="csrftoken",
-            header_name="x-csrftoken",
+            cookie_name=CSRF_COOKIE,
+            header_name=CSRF_HEADER,
             cookie_secure=settings.production,
             cookie_samesite="lax",
-            exclude=["/events", "/healthz", "/metrics"],
+            exclude=CSRF_EXEMPT,
         ),
-        response_headers=headers,
+        middleware=[require_csrf_header],
+        before_send=[security_headers_hook(settings.production)],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=None,

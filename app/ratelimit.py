@@ -5,7 +5,6 @@ instance shares them (Litestar's RateLimitConfig counts in one process's memory 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, literal, text
@@ -51,14 +50,21 @@ async def check(
             index_elements=[RateBucket.key, RateBucket.window_start],
             set_={"hits": RateBucket.hits + literal(1)},
         )
-        .returning(RateBucket.key, RateBucket.hits)
+        # Seconds left in the window by the database's clock, which every instance shares.
+        .returning(
+            RateBucket.key,
+            RateBucket.hits,
+            literal(WINDOW_SECONDS) - func.extract("epoch", func.now() - RateBucket.window_start),
+        )
     )
     async with db.transaction() as session:
         rows = (await session.execute(statement)).all()
-    over = any(hits > (per_visitor if key.startswith("v:") else per_ip) for key, hits in rows)
+    over = [
+        left for key, hits, left in rows if hits > (per_visitor if key.startswith("v:") else per_ip)
+    ]
     if not over:
         return None
-    return Limited(retry_after=max(1, math.ceil(WINDOW_SECONDS - time.time() % WINDOW_SECONDS)))
+    return Limited(retry_after=max(1, math.ceil(float(max(over)))))
 
 
 async def forget_old_windows(db: Database) -> None:

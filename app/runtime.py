@@ -12,12 +12,14 @@ from types import FrameType
 from typing import Any
 
 from litestar import Litestar
+from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import metrics, ratelimit
 from app.config import Settings
 from app.db import Database, create_engine
 from app.presence import PresenceTracker
-from app.realtime import Hub, Listener
+from app.realtime import CHANNEL, Hub, Listener
 from app.services import feed
 from app.workers import WorkerRegistry, new_worker_id
 
@@ -52,10 +54,6 @@ class Runtime:
 
     async def _send_probe(self, payload: str) -> None:
         async with self.db.transaction() as session:
-            from sqlalchemy import func, select
-
-            from app.realtime import CHANNEL
-
             await session.execute(select(func.pg_notify(CHANNEL, payload)))
 
     async def _report_listener_state(self, connected: bool) -> None:
@@ -88,8 +86,6 @@ class Runtime:
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
     async def _queue_usage(self) -> float:
-        from sqlalchemy import func, select
-
         async with self.db.transaction() as session:
             value = await session.scalar(select(func.pg_notification_queue_usage()))
         return float(value or 0.0)
@@ -149,7 +145,7 @@ async def _retrying(read: Callable[[], Any], attempts: int = 20) -> Any:
     for attempt in range(attempts):
         try:
             return await read()
-        except (OSError, ConnectionError) as exc:
+        except (OSError, OperationalError, InterfaceError) as exc:
             if attempt == attempts - 1:
                 raise
             log.warning("database not reachable yet (%s), retrying", type(exc).__name__)

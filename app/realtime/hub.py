@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
 
 from app import metrics
 from app.realtime.events import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event, encode_frame
@@ -136,7 +135,6 @@ class Hub:
         self._pending: dict[str, Event] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.newest_activity_id = 0
-        self.on_publish: list[Callable[[Event], None]] = []
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -159,8 +157,6 @@ class Hub:
     def publish(self, event: Event) -> None:
         """Hand an event from the listener to every stream. Never blocks."""
         metrics.EVENTS_RECEIVED.labels(event.kind).inc()
-        for hook in self.on_publish:
-            hook(event)
         interval = self._intervals.get(event.kind)
         if interval is None:
             self._deliver(event)

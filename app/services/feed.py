@@ -66,7 +66,8 @@ async def add(
 
 async def post(db: Database, identity: Identity, message: str) -> ActivityView:
     """A visitor's message (already validated)."""
-    from app.services.visitors import ensure_recorded  # one-way at import time
+    # visitors imports this module (a join is a feed item): import at call time.
+    from app.services.visitors import ensure_recorded
 
     async with db.transaction() as session:
         name = await ensure_recorded(session, identity)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,8 +51,3 @@ async def rename(db: Database, identity: Identity, new_name: str) -> str:
         )
         await notify(session, Event(PRESENCE, identity.id.hex))
     return new_name
-
-
-async def names(session: AsyncSession, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-    rows = await session.execute(select(Visitor.id, Visitor.name).where(Visitor.id.in_(ids)))
-    return {row.id: row.name for row in rows}

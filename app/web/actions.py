@@ -21,12 +21,18 @@ class TooManyRequests(HTTPException):
 
 
 async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        return parse_form(await request.body())
+    content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except UnicodeDecodeError:
+            raise InvalidInput("The text is not valid UTF-8.") from None
+        except LookupError:  # a part names a character set Python does not know
+            raise InvalidInput("Send the form as UTF-8.") from None
         return {k: v for k, v in form.items() if isinstance(v, str)}
+    body = await request.body()  # read whatever it is, so an oversized body is a 413
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return parse_form(body)
     return {}
 
 
@@ -57,6 +63,7 @@ def _with_identity(
 @post("/counter/increment", status_code=200)
 async def increment(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
+    await request.body()  # unused, but an oversized body is refused (413) like everywhere
     await _limit(request, "increment", who)
     value = await counter.increment(runtime(request).db)
     if wants_json(request):

@@ -6,7 +6,6 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie
-from litestar.exceptions import HTTPException
 
 from app import identity
 from app.runtime import Runtime
@@ -56,7 +55,3 @@ def html(
     body: str | bytes, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response[Any]:
     return Response(content=body, status_code=status, media_type=HTML, headers=headers)
-
-
-class Unavailable(HTTPException):
-    status_code = 503

@@ -7,6 +7,7 @@ short readable sentences, never HTML and never a stack trace.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
@@ -21,10 +22,20 @@ _DEFAULT_REASONS = {
     403: "Forbidden: reload the page to get a fresh session.",
     404: "Not found.",
     405: "Method not allowed.",
+    410: "Removed.",
     413: "The request is too large.",
+    422: "The input was not accepted.",
+    429: "Too many requests: try again shortly.",
     500: "Something went wrong on our side.",
     503: "Temporarily unavailable, try again shortly.",
 }
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _reply(
@@ -35,9 +46,8 @@ def _reply(
         return Response(
             {"status_code": status, "detail": reason}, status_code=status, headers=headers
         )
-    return Response(
-        reason, status_code=status, media_type="text/plain; charset=utf-8", headers=headers
-    )
+    # Litestar appends "; charset=utf-8" to every text/* media type itself.
+    return Response(reason, status_code=status, media_type="text/plain", headers=headers)
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -48,7 +58,8 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     elif status == 403 and "csrf" in str(exc.detail).lower():
         reason = "Missing or wrong CSRF token: reload the page and try again."
     else:
-        reason = exc.detail if exc.detail and exc.detail != str(status) else ""
+        generic = {"", str(status), _phrase(status)}  # Litestar's detail when it has none
+        reason = "" if exc.detail in generic else exc.detail
         reason = reason or _DEFAULT_REASONS.get(status, "Request failed.")
     return _reply(request, status, reason, dict(exc.headers or {}))
 

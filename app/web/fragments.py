@@ -19,6 +19,7 @@ from app.services import counter, feed
 from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
 
 _ITEM_CACHE_SIZE = 4096
+MAX_ITEM_ID = 2**63 - 1  # the activity id column is a PostgreSQL bigint
 _item_cache: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
 
 
@@ -88,6 +89,8 @@ def forget_item(item_id: int) -> None:
 
 @get("/fragments/activity/{item_id:int}")
 async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Response[Any]:
+    if not 0 < item_id <= MAX_ITEM_ID:  # ids are positive bigints; asking is not an outage
+        raise NotFoundException("No such feed item.")
     try:
         item = await feed.get(runtime(request).db, item_id)
     except feed.Hidden:
@@ -99,8 +102,13 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
         return Response(item_json(item), headers={"vary": FRAGMENT_VARY})
     body, etag = render_item(request, item)
     metrics.FRAGMENTS_SERVED.labels("activity").inc()
-    # Not immutable: an operator may hide an item later, and then it must answer 410.
-    headers = {"etag": etag, "vary": FRAGMENT_VARY, "cache-control": "public, max-age=60"}
+    # An item never changes, so a CDN may keep it; hiding one is rare and pages learn of it
+    # through `resync` and the uncached lists, so five minutes of a cached copy is the cost.
+    headers = {
+        "etag": etag,
+        "vary": FRAGMENT_VARY,
+        "cache-control": "public, max-age=300, immutable",
+    }
     if request.headers.get("if-none-match") == etag:
         return Response(content=b"", status_code=304, headers=headers)
     return html(body, headers=headers)
@@ -109,7 +117,8 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
 def _cursor(raw: str | None, name: str) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    # isdigit() alone admits "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ClientException(f"{name} must be a feed item id (a whole number).")
     return int(raw)
 

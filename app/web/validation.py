@@ -9,6 +9,8 @@ from app.models import MESSAGE_MAX, NAME_MAX
 
 # Characters that reorder the text around them (Trojan Source) are never accepted.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Everything that starts a new line somewhere (str.splitlines, HTML pre-wrap, JavaScript).
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 class InvalidInput(ValueError):
@@ -37,10 +39,10 @@ def _check_characters(text: str, *, allow_newlines: bool) -> None:
 
 
 def clean_message(raw: str | None) -> str:
-    """1 to MESSAGE_MAX code points after trimming; newlines kept (CRLF becomes LF)."""
+    """1 to MESSAGE_MAX code points after trimming; newlines kept (CRLF and CR become LF)."""
     if raw is None:
         raise InvalidInput("Write a message first.")
-    text = raw.replace("\r\n", "\n").strip()
+    text = raw.replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text:
         raise InvalidInput("Write a message first.")
     if len(text) > MESSAGE_MAX:
@@ -58,7 +60,7 @@ def clean_name(raw: str | None) -> str:
         raise InvalidInput("A name needs at least one character.")
     if len(text) > NAME_MAX:
         raise InvalidInput(f"Names can be at most {NAME_MAX} characters; this one has {len(text)}.")
-    if "\n" in text or "\r" in text:
+    if any(char in _LINE_BREAKS for char in text):
         raise InvalidInput("A name must fit on one line.")
     _check_characters(text, allow_newlines=False)
     return text
