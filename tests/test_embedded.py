@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor

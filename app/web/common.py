@@ -10,7 +10,7 @@ from litestar.datastructures import Cookie
 from app import identity
 from app.runtime import Runtime
 
-HTML = "text/html; charset=utf-8"
+HTML = "text/html"  # Litestar appends the charset
 FRAGMENT_VARY = "Accept, HX-Request"
 
 

@@ -38,22 +38,22 @@ def parse_cursor(header: str | None, query: str | None) -> int | None:
     return None
 
 
+async def _plain(send: Send, status: int, text: str, extra: dict[bytes, bytes]) -> None:
+    body = text.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(len(body)).encode()),
+        *extra.items(),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def _refuse(send: Send, status: int, reason: str, retry_after: int) -> None:
     metrics.STREAMS_REFUSED.labels(reason).inc()
-    body = f"Stream refused ({reason}); retry in {retry_after} s.".encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"retry-after", str(retry_after).encode()),
-                (b"cache-control", b"no-store"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    text = f"Stream refused ({reason}); retry in {retry_after} s."
+    await _plain(send, status, text, {b"retry-after": str(retry_after).encode()})
 
 
 async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
@@ -73,6 +73,11 @@ async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
 @asgi("/events", is_mount=False, copy_scope=False)
 async def events(scope: Scope, receive: Receive, send: Send) -> None:
     rt: Runtime = scope["litestar_app"].state.runtime
+    if scope.get("method") != "GET":
+        await _plain(
+            send, 405, "Method not allowed: the event stream is GET only.", {b"allow": b"GET"}
+        )
+        return
     request: Request[Any, Any, Any] = Request(scope, receive)
     settings = rt.settings
     if rt.stopping.is_set():
