@@ -53,7 +53,7 @@ def _config_problem() -> str | None:
 def _moderation(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.db import Database, create_engine
+    from app.db import open_database
     from app.services import feed
 
     try:
@@ -63,7 +63,7 @@ def _moderation(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> int:
-        db = Database(create_engine(settings))
+        db = open_database(settings)
         try:
             if args.command == "hide":
                 found = await feed.hide(db, args.item_id)

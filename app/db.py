@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -44,23 +45,46 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_timeout=10,
-        pool_pre_ping=True,
+        # No pre-ping: with asyncpg it costs two round trips on every checkout. A connection
+        # broken by a database restart fails one request, and SQLAlchemy then invalidates
+        # every pooled connection older than that error.
         pool_recycle=1800,
     )
 
 
-class Database:
-    """Owns the engine; hands out short sessions, each in one transaction."""
+def open_database(settings: Settings) -> Database:
+    return Database(create_engine(settings), pooled=settings.database_is_pooled)
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+class Database:
+    """Owns the engine; hands out short sessions: one transaction, or autocommit."""
+
+    def __init__(self, engine: AsyncEngine, *, pooled: bool = False) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Behind a transaction pooler a statement outside a transaction may be parsed on one
+        # server connection and executed on another: there, keep the explicit transaction.
+        self._pooled = pooled
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One transaction: committed on success, rolled back on any error."""
         async with self._sessions.begin() as session:
             yield session
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection where each statement is its own transaction (no BEGIN/COMMIT
+        round trips, no ORM bookkeeping): for the hot reads, and for writes that are one
+        statement (a NOTIFY in that statement is delivered only if the statement commits).
+        """
+        if self._pooled:
+            async with self.engine.begin() as connection:
+                yield connection
+        else:
+            async with self._autocommit.connect() as connection:
+                yield connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -50,7 +50,7 @@ async def online(db: Database, expiry: float) -> PresenceView:
         .where(PresenceEntry.worker_id == Worker.id)
         .where(Worker.heartbeat_at > func.now() - timedelta(seconds=expiry))
     )
-    async with db.transaction() as session:
+    async with db.autocommit() as session:
         count = await session.scalar(select(func.count()).select_from(Visitor).where(live))
         rows = await session.execute(
             select(Visitor.id, Visitor.name)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import metrics, ratelimit
 from app.config import Settings
-from app.db import Database, create_engine
+from app.db import open_database
 from app.presence import PresenceTracker
 from app.realtime import CHANNEL, Hub, Listener
 from app.services import feed
@@ -31,7 +31,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(create_engine(settings))
+        self.db = open_database(settings)
         self.hub = Hub()
         self.worker_id = new_worker_id()
         self.registry = WorkerRegistry(

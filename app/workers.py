@@ -87,6 +87,6 @@ class WorkerRegistry:
             Worker.instance_id == self.instance_id,
             Worker.heartbeat_at > func.now() - timedelta(seconds=fresh_within),
         )
-        async with self._db.transaction() as session:
+        async with self._db.autocommit() as session:
             total, connected = (await session.execute(query)).one()
         return InstanceHealth(workers=int(total), listeners_connected=int(connected))

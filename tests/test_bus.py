@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from support import database
 
 from app.config import Settings
-from app.db import Database, create_engine
+from app.db import Database, open_database
 from app.identity import Identity
 from app.realtime import CHANNEL
 from app.services import counter, feed
@@ -27,7 +28,7 @@ PAYLOAD = re.compile(r"^(counter|presence|activity|resync):[0-9A-Za-z_-]{1,64}$"
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     settings = Settings.from_env({"DATABASE_URL": database_url})
-    db = Database(create_engine(settings))
+    db = open_database(settings)
     try:
         yield db
     finally:
@@ -154,3 +155,21 @@ async def test_later_started_transaction_committing_first_gets_the_lower_id(
     assert late_item.id < early_item.id
     payloads = [p for p in await _drain(notifications, settle=0.5) if p.startswith("activity:")]
     assert payloads == [f"activity:{late_item.id}", f"activity:{early_item.id}"]
+
+
+async def test_one_statement_posts_keep_commit_order_and_fail_silently(
+    db: Database, notifications: asyncio.Queue[str]
+) -> None:
+    """A recorded visitor's post is one statement (lock, insert, notify): ids still follow
+    commit order under concurrency, and a statement that fails notifies no one."""
+    author = _visitor()
+    async with db.transaction() as session:
+        await ensure_recorded(session, author)
+    await _drain(notifications)
+    items = await asyncio.gather(*(feed.post(db, author, f"c{n}") for n in range(40)))
+    payloads = [p for p in await _drain(notifications, settle=0.5) if p.startswith("activity:")]
+    assert payloads == [f"activity:{i}" for i in sorted(item.id for item in items)]
+
+    with pytest.raises(IntegrityError):
+        await feed.post(db, author, "x" * 281)  # the table's own length check refuses it
+    assert await _drain(notifications, settle=0.5) == []

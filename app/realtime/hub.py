@@ -135,6 +135,9 @@ class Hub:
         self._pending: dict[str, Event] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.newest_activity_id = 0
+        # Bumped by every resync from the bus (an item hidden, items pruned): caches of
+        # rendered items compare it to know they must start over.
+        self.resync_generation = 0
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -157,6 +160,8 @@ class Hub:
     def publish(self, event: Event) -> None:
         """Hand an event from the listener to every stream. Never blocks."""
         metrics.EVENTS_RECEIVED.labels(event.kind).inc()
+        if event.kind == RESYNC:
+            self.resync_generation += 1
         interval = self._intervals.get(event.kind)
         if interval is None:
             self._deliver(event)

@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.db import Database
 from app.models import Counter
-from app.realtime import COUNTER, Event, notify
+from app.realtime import CHANNEL, COUNTER, Event
 
 COUNTER_ID = 1
 
 
 async def increment(db: Database) -> int:
-    """Add 1 in one atomic statement; the event goes out only if it commits."""
-    async with db.transaction() as session:
+    """Add 1 in one atomic statement that also queues its event (sent only if it commits)."""
+    event = Event(COUNTER, str(COUNTER_ID))
+    async with db.autocommit() as session:
         value = (
             await session.execute(
                 update(Counter)
                 .where(Counter.id == COUNTER_ID)
                 .values(value=Counter.value + 1)
-                .returning(Counter.value)
+                .returning(Counter.value, func.pg_notify(CHANNEL, event.payload()))
             )
-        ).scalar_one()
-        await notify(session, Event(COUNTER, str(COUNTER_ID)))
-    return int(value)
+        ).first()
+    if value is None:
+        raise LookupError("the counter row is missing: run the migrations")
+    return int(value[0])
 
 
 async def current(db: Database) -> int:
-    async with db.transaction() as session:
+    async with db.autocommit() as session:
         value = await session.scalar(select(Counter.value).where(Counter.id == COUNTER_ID))
     return int(value or 0)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, cast, delete, func, literal, select, true, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
 from app.identity import Identity
-from app.models import Activity
-from app.realtime import ACTIVITY, RESYNC, Event, notify
+from app.models import Activity, Visitor
+from app.realtime import ACTIVITY, CHANNEL, RESYNC, Event, notify
 
 PAGE_SIZE = 50
 REPLAY_LIMIT = 500
@@ -37,7 +39,7 @@ class ActivityView:
     created_at: datetime
 
     @classmethod
-    def of(cls, row: Activity) -> ActivityView:
+    def of(cls, row: Activity | Row[Any]) -> ActivityView:
         return cls(
             id=row.id,
             kind=row.kind,
@@ -64,8 +66,37 @@ async def add(
     return ActivityView.of(row)
 
 
+def _insert_as_visitor(visitor_id: uuid.UUID, kind: str, body: str) -> Any:
+    """One statement: take the feed lock, insert under the visitor's current name, notify.
+
+    The lock is a one-row subquery the insert reads from, so it is held before the id is
+    drawn and until the statement's transaction commits; the NOTIFY in RETURNING belongs
+    to the same transaction.
+    """
+    feed_lock = select(func.pg_advisory_xact_lock(FEED_LOCK_KEY).label("locked")).subquery()
+    source = (
+        select(literal(kind), Visitor.id, Visitor.name, literal(body))
+        .select_from(Visitor)
+        .join(feed_lock, true())
+        .where(Visitor.id == visitor_id)
+    )
+    payload = literal(f"{ACTIVITY}:") + cast(Activity.id, String)
+    return (
+        insert(Activity)
+        .from_select(["kind", "author_id", "author_name", "body"], source)
+        .returning(*Activity.__table__.c, func.pg_notify(CHANNEL, payload))
+    )
+
+
 async def post(db: Database, identity: Identity, message: str) -> ActivityView:
-    """A visitor's message (already validated)."""
+    """A visitor's message (already validated): one round trip for a recorded visitor."""
+    async with db.autocommit() as connection:
+        row = (
+            await connection.execute(_insert_as_visitor(identity.id, "message", message))
+        ).first()
+    if row is not None:
+        return ActivityView.of(row)
+    # First write of a new visitor: record them (their "joined" item) in the same transaction.
     # visitors imports this module (a join is a feed item): import at call time.
     from app.services.visitors import ensure_recorded
 
@@ -76,9 +107,12 @@ async def post(db: Database, identity: Identity, message: str) -> ActivityView:
         )
 
 
+ITEMS = select(*Activity.__table__.c)
+
+
 async def get(db: Database, item_id: int) -> ActivityView | None:
-    async with db.transaction() as session:
-        row = await session.get(Activity, item_id)
+    async with db.autocommit() as connection:
+        row = (await connection.execute(ITEMS.where(Activity.id == item_id))).first()
     if row is None:
         return None
     if row.hidden_at is not None:
@@ -88,30 +122,29 @@ async def get(db: Database, item_id: int) -> ActivityView | None:
 
 async def page_before(db: Database, before: int | None) -> tuple[list[ActivityView], bool]:
     """Up to PAGE_SIZE visible items below `before` (None: the newest), newest first."""
-    query = select(Activity).where(Activity.hidden_at.is_(None))
+    query = ITEMS.where(Activity.hidden_at.is_(None))
     if before is not None:
         query = query.where(Activity.id < before)
     query = query.order_by(Activity.id.desc()).limit(PAGE_SIZE + 1)
-    async with db.transaction() as session:
-        rows = list((await session.scalars(query)).all())
+    async with db.autocommit() as connection:
+        rows = list((await connection.execute(query)).all())
     return [ActivityView.of(r) for r in rows[:PAGE_SIZE]], len(rows) > PAGE_SIZE
 
 
 async def page_after(db: Database, after: int) -> list[ActivityView]:
     """The PAGE_SIZE visible items right after `after`, newest first."""
     query = (
-        select(Activity)
-        .where(Activity.hidden_at.is_(None), Activity.id > after)
+        ITEMS.where(Activity.hidden_at.is_(None), Activity.id > after)
         .order_by(Activity.id.asc())
         .limit(PAGE_SIZE)
     )
-    async with db.transaction() as session:
-        rows = list((await session.scalars(query)).all())
+    async with db.autocommit() as connection:
+        rows = list((await connection.execute(query)).all())
     return [ActivityView.of(r) for r in reversed(rows)]
 
 
 async def newest_id(db: Database) -> int:
-    async with db.transaction() as session:
+    async with db.autocommit() as session:
         value = await session.scalar(select(func.max(Activity.id)))
     return int(value or 0)
 
@@ -120,7 +153,7 @@ async def ids_after(
     db: Database, after: int, limit: int = REPLAY_LIMIT + 1
 ) -> tuple[list[int], int]:
     """Visible item ids above `after` in order (at most `limit`), and the newest id overall."""
-    async with db.transaction() as session:
+    async with db.autocommit() as session:
         ids = list(
             (
                 await session.scalars(

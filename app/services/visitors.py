@@ -32,7 +32,7 @@ async def ensure_recorded(session: AsyncSession, identity: Identity) -> str:
 
 async def display_name(db: Database, identity: Identity) -> str:
     """The visitor's current name, without recording them (GET / writes nothing)."""
-    async with db.transaction() as session:
+    async with db.autocommit() as session:
         name = await session.scalar(select(Visitor.name).where(Visitor.id == identity.id))
     return name or identity.guest_name
 

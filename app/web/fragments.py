@@ -20,7 +20,40 @@ from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
 
 _ITEM_CACHE_SIZE = 4096
 MAX_ITEM_ID = 2**63 - 1  # the activity id column is a PostgreSQL bigint
-_item_cache: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
+
+
+class ItemCache:
+    """Rendered feed items (HTML and ETag) of this worker, newest used kept.
+
+    An item never changes; it can only be hidden or pruned, and both send a resync over
+    the bus, which empties the cache on every worker.
+    """
+
+    def __init__(self, size: int = _ITEM_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
+        self._generation = 0
+
+    def get(self, item_id: int, generation: int) -> tuple[bytes, str] | None:
+        if generation != self._generation:
+            self._items.clear()
+            self._generation = generation
+            return None
+        entry = self._items.get(item_id)
+        if entry is not None:
+            self._items.move_to_end(item_id)
+        return entry
+
+    def put(self, item_id: int, entry: tuple[bytes, str]) -> None:
+        self._items[item_id] = entry
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def forget(self, item_id: int) -> None:
+        self._items.pop(item_id, None)
+
+
+_items = ItemCache()
 
 
 class Gone(HTTPException):
@@ -71,47 +104,48 @@ def item_json(item: feed.ActivityView) -> dict[str, Any]:
 
 def render_item(request: Request[Any, Any, Any], item: feed.ActivityView) -> tuple[bytes, str]:
     """An item's HTML and ETag, rendered once per worker."""
-    cached = _item_cache.get(item.id)
+    generation = runtime(request).hub.resync_generation
+    cached = _items.get(item.id, generation)
     if cached is not None:
-        _item_cache.move_to_end(item.id)
         return cached
     body = render(request, "partials/activity_item.html", item=item).encode()
     entry = (body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
-    _item_cache[item.id] = entry
-    if len(_item_cache) > _ITEM_CACHE_SIZE:
-        _item_cache.popitem(last=False)
+    _items.put(item.id, entry)
     return entry
 
 
-def forget_item(item_id: int) -> None:
-    _item_cache.pop(item_id, None)
+ITEM_CACHE_CONTROL = "public, max-age=300, immutable"
+
+
+def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> Response[Any]:
+    metrics.FRAGMENTS_SERVED.labels("activity").inc()
+    # An item never changes, so a CDN may keep it; hiding one is rare and pages learn of it
+    # through `resync` and the uncached lists, so five minutes of a cached copy is the cost.
+    headers = {"etag": etag, "vary": FRAGMENT_VARY, "cache-control": ITEM_CACHE_CONTROL}
+    if request.headers.get("if-none-match") == etag:
+        return Response(content=b"", status_code=304, headers=headers)
+    return html(body, headers=headers)
 
 
 @get("/fragments/activity/{item_id:int}")
 async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Response[Any]:
     if not 0 < item_id <= MAX_ITEM_ID:  # ids are positive bigints; asking is not an outage
         raise NotFoundException("No such feed item.")
+    json = wants_json(request)
+    if not json:  # every page fetches the same item at once: answer from memory
+        cached = _items.get(item_id, runtime(request).hub.resync_generation)
+        if cached is not None:
+            return _item_response(request, *cached)
     try:
         item = await feed.get(runtime(request).db, item_id)
     except feed.Hidden:
-        forget_item(item_id)
+        _items.forget(item_id)
         raise Gone("This item was removed by a moderator.") from None
     if item is None:
         raise NotFoundException("No such feed item.")
-    if wants_json(request):
+    if json:
         return Response(item_json(item), headers={"vary": FRAGMENT_VARY})
-    body, etag = render_item(request, item)
-    metrics.FRAGMENTS_SERVED.labels("activity").inc()
-    # An item never changes, so a CDN may keep it; hiding one is rare and pages learn of it
-    # through `resync` and the uncached lists, so five minutes of a cached copy is the cost.
-    headers = {
-        "etag": etag,
-        "vary": FRAGMENT_VARY,
-        "cache-control": "public, max-age=300, immutable",
-    }
-    if request.headers.get("if-none-match") == etag:
-        return Response(content=b"", status_code=304, headers=headers)
-    return html(body, headers=headers)
+    return _item_response(request, *render_item(request, item))
 
 
 def _cursor(raw: str | None, name: str) -> int | None:
