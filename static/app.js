@@ -372,7 +372,8 @@
   function messageProblem() {
     const n = messageLength();
     if (n === 0) return 'Write something first.';
-    if (n > maxLen) return `That is ${n - maxLen} characters too long (${maxLen} at most).`;
+    const over = n - maxLen;
+    if (over > 0) return `That is ${over} character${over === 1 ? '' : 's'} too long (${maxLen} at most).`;
     return '';
   }
 
