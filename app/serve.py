@@ -23,7 +23,6 @@ import asyncpg
 import uvicorn
 
 from app.config import ConfigError, Settings
-from app.realtime import CHANNEL
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -52,6 +51,10 @@ async def _listen_round_trip(settings: Settings, timeout: float = 5.0) -> bool |
 
     None if the database cannot be reached now (the workers keep retrying by themselves).
     """
+    # Imported here: the metrics it pulls in must be created after PROMETHEUS_MULTIPROC_DIR is
+    # set, for with one worker the server runs the app in this very process.
+    from app.realtime import CHANNEL
+
     listen, pooled = settings.listen_database, settings.database
     try:
         listener = await asyncpg.connect(listen.asyncpg_dsn, ssl=listen.ssl, timeout=timeout)

@@ -254,3 +254,34 @@ async def test_sigkill_expires_presence_and_spares_the_other_instance(
     finally:
         await xena.aclose()
         await yuri.aclose()
+
+
+async def test_unresponsive_listener_backend_is_noticed_and_replaced_once(
+    app_server: AppServerFactory, database_url: str
+) -> None:
+    """A backend that stops answering (its socket stays open, as when half-open) is found by
+    the periodic query with a timeout, replaced once, and the streams resync."""
+    server = await asyncio.to_thread(app_server, {"RIPPLE_LISTENER_CHECK_SECONDS": "1"}, workers=1)
+    streams = await _open_streams(server.base_url, 3)
+    rows = await database.fetch(
+        database_url,
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE application_name = 'ripple-listener' AND datname = current_database()",
+    )
+    assert len(rows) == 1
+    frozen = rows[0]["pid"]
+    before = await metric(server.base_url, "ripple_listener_reconnects_total")
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        await asyncio.gather(*(s.wait_for(_is("resync"), timeout=10) for s in streams))
+        assert time.monotonic() - started < 6
+        await asyncio.sleep(4)  # several more check intervals: no reconnect loop
+        assert await metric(server.base_url, "ripple_listener_reconnects_total") - before == 1
+        assert not [ev for s in streams for ev in await s.collect(0.1) if ev.event == "resync"]
+        async with await Visitor.arrive(server.base_url) as writer:
+            item = (await writer.post("after a frozen backend")).json()["id"]
+        await asyncio.gather(*(s.wait_for(_is("activity", str(item)), timeout=5) for s in streams))
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        await _close(streams)

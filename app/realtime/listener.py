@@ -14,7 +14,6 @@ import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 
@@ -90,9 +89,6 @@ class Listener:
             return
         self._deliver(event)
 
-    def _on_termination(self, _conn: Any) -> None:
-        self._lost.set()
-
     # -- connecting ------------------------------------------------------------------
 
     async def _connect(self) -> asyncpg.Connection:
@@ -103,14 +99,18 @@ class Listener:
             statement_cache_size=0,
             server_settings={"application_name": "ripple-listener"},
         )
+        # One event per connection: asyncpg reports a termination with call_soon, so a
+        # shared event could be set by the old connection after the new one was opened.
+        lost = asyncio.Event()
         try:
             _enable_tcp_keepalive(conn)
-            conn.add_termination_listener(self._on_termination)
+            conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(CHANNEL, self._on_notification)
             self.backend_pid = conn.get_server_pid()
         except BaseException:
             conn.terminate()
             raise
+        self._lost = lost
         return conn
 
     async def _verify_round_trip(self, timeout: float = 5.0) -> None:
@@ -195,12 +195,12 @@ class Listener:
         attempt = 0
         while True:
             if self._conn is not None and await self._healthy():
+                attempt = 0  # only a connection that passed a check resets the backoff
                 continue
             await self._set_state(False)
             if self._conn is not None:
                 self._conn.terminate()
                 self._conn = None
-            self._lost.clear()
             delay = min(5.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.5)
             await asyncio.sleep(delay if attempt else random.uniform(0.05, 0.25))
             attempt += 1
@@ -211,7 +211,6 @@ class Listener:
                     "listener reconnect failed attempt=%d reason=%s", attempt, type(exc).__name__
                 )
                 continue
-            attempt = 0
             metrics.LISTENER_RECONNECTS.inc()
             await self._set_state(True)
             # Postgres does not replay what was sent while we were away: everyone re-reads.
