@@ -14,6 +14,9 @@ DEV_SECRET = "ripple-development-secret"  # noqa: S105 - refused in production b
 # sslmode values libpq understands; asyncpg takes the same words through `ssl=`.
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 _SSLMODES: frozenset[str] = frozenset(get_args(SslMode))
+# libpq options providers put in their URLs that asyncpg does not take. channel_binding:
+# asyncpg negotiates SCRAM by itself; connect_timeout: the app sets its own timeouts.
+_LIBPQ_ONLY = ("channel_binding", "connect_timeout")
 
 
 class ConfigError(ValueError):
@@ -42,6 +45,8 @@ class DatabaseUrl:
         ssl = query.pop("sslmode", None) or query.pop("ssl", None)
         if ssl is not None and ssl not in _SSLMODES:
             raise ConfigError(f"sslmode {ssl!r} is not one of {sorted(_SSLMODES)}")
+        for name in _LIBPQ_ONLY:  # asyncpg has no such option and would refuse the URL
+            query.pop(name, None)
         rest = urlencode(query)
         sqlalchemy_url = urlunsplit(
             ("postgresql+asyncpg", parts.netloc, parts.path, rest, parts.fragment)

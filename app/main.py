@@ -37,7 +37,8 @@ HSTS = "max-age=31536000"
 MAX_BODY_BYTES = 16 * 1024  # a 280-character message is at most ~3.4 KiB encoded
 CSRF_COOKIE = "csrftoken"
 CSRF_HEADER = "x-csrftoken"
-CSRF_EXEMPT = ["/events", "/healthz", "/metrics"]
+# Besides the stream and the probes: responses a CDN may cache must not set the token cookie.
+CSRF_EXEMPT = ["^/events$", "^/healthz$", "^/metrics$", r"^/fragments/activity/\d+$", "^/static/"]
 
 
 def security_headers_hook(production: bool) -> BeforeMessageSendHookHandler:

@@ -63,7 +63,12 @@ async def online(db: Database, expiry: float) -> PresenceView:
 
 
 class PresenceTracker:
-    """This worker's open streams per visitor, mirrored into the presence table."""
+    """This worker's open streams per visitor, mirrored into the presence table.
+
+    A join or leave that cannot be written (the database is away) is remembered and
+    written by `repair()`, which the worker's heartbeat calls, so nobody stays invisible
+    or lingers as a ghost after an outage.
+    """
 
     def __init__(self, db: Database, worker_id: str, grace: float) -> None:
         self._db = db
@@ -72,6 +77,9 @@ class PresenceTracker:
         self._streams: dict[uuid.UUID, int] = {}
         self._leaving: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._unrecorded: dict[uuid.UUID, Identity] = {}  # joins not yet written
+        self._unremoved: set[uuid.UUID] = set()  # leaves not yet written
+        self._reassert = False  # our rows were lost with our worker row
 
     def _lock(self, visitor_id: uuid.UUID) -> asyncio.Lock:
         lock = self._locks.get(visitor_id)
@@ -80,18 +88,28 @@ class PresenceTracker:
         return lock
 
     def visitors(self) -> list[uuid.UUID]:
-        return list(self._streams)
+        """Everyone this worker shows as online (streaming, or within the leave grace)."""
+        return list(self._streams.keys() | self._leaving.keys())
 
     async def opened(self, identity: Identity) -> None:
         """A stream opened: record the visitor and announce a join if they were away."""
         vid = identity.id
         self._streams[vid] = self._streams.get(vid, 0) + 1
+        self._unremoved.discard(vid)
         leaving = self._leaving.pop(vid, None)
         if leaving is not None:
             leaving.cancel()  # back within the grace: nobody saw them leave
             return
         if self._streams[vid] > 1:
             return
+        try:
+            await self._join(identity)
+        except BaseException:
+            self._unrecorded[vid] = identity
+            raise
+
+    async def _join(self, identity: Identity) -> None:
+        vid = identity.id
         async with self._lock(vid), self._db.transaction() as session:
             await ensure_recorded(session, identity)
             added = await session.scalar(
@@ -111,12 +129,20 @@ class PresenceTracker:
             self._streams[vid] = left
             return
         self._streams.pop(vid, None)
+        if self._unrecorded.pop(vid, None) is not None:
+            return  # never written, nothing to take back
         self._leaving[vid] = asyncio.create_task(self._leave_later(vid))
 
     async def _leave_later(self, vid: uuid.UUID) -> None:
         await asyncio.sleep(self._grace)
         if self._leaving.get(vid) is asyncio.current_task():
             del self._leaving[vid]
+        try:
+            await self._leave(vid)
+        except Exception:
+            self._unremoved.add(vid)
+
+    async def _leave(self, vid: uuid.UUID) -> None:
         async with self._lock(vid):
             if vid in self._streams:
                 return
@@ -134,9 +160,24 @@ class PresenceTracker:
         if vid not in self._streams and vid not in self._leaving:
             self._locks.pop(vid, None)
 
-    async def reassert(self) -> None:
-        """Re-insert our rows (after our worker row was expired during an outage)."""
-        ids = self.visitors()
+    def rows_lost(self) -> None:
+        """Our worker row was expired (and our rows with it) while we could not beat."""
+        self._reassert = True
+
+    async def repair(self) -> None:
+        """Write what could not be written earlier; what fails stays for the next call."""
+        if self._reassert:
+            await self._reassert_rows()
+            self._reassert = False
+        for identity in list(self._unrecorded.values()):
+            await self._join(identity)
+            self._unrecorded.pop(identity.id, None)
+        for vid in list(self._unremoved):
+            await self._leave(vid)
+            self._unremoved.discard(vid)
+
+    async def _reassert_rows(self) -> None:
+        ids = [v for v in self.visitors() if v not in self._unrecorded]
         if not ids:
             return
         async with self._db.transaction() as session:

@@ -13,7 +13,7 @@ from typing import Any
 
 from litestar import Litestar
 from sqlalchemy import func, select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from app import metrics, ratelimit
 from app.config import Settings
@@ -60,9 +60,13 @@ class Runtime:
         await self.registry.beat(connected)
 
     async def _resync_after_reconnect(self) -> None:
-        self.hub.newest_activity_id = max(
-            self.hub.newest_activity_id, await feed.newest_id(self.db)
-        )
+        """Notifications sent while the listener was away are gone: every stream re-reads."""
+        try:
+            newest = await feed.newest_id(self.db)
+        except (OSError, SQLAlchemyError) as exc:  # resync anyway, with the newest id we know
+            log.warning("newest feed id unavailable for the resync: %s", type(exc).__name__)
+        else:
+            self.hub.newest_activity_id = max(self.hub.newest_activity_id, newest)
         self.hub.resync_all("listener-reconnected")
 
     # -- background loops ----------------------------------------------------------
@@ -74,9 +78,9 @@ class Runtime:
                 reported_streams = len(self.hub)
                 log.info("streams open=%d worker_id=%s", reported_streams, self.worker_id)
             try:
-                recreated = await self.registry.beat(self.listener.connected)
-                if recreated:
-                    await self.presence.reassert()
+                if await self.registry.beat(self.listener.connected):
+                    self.presence.rows_lost()
+                await self.presence.repair()
                 await self.registry.reap()
                 await ratelimit.forget_old_windows(self.db)
                 queue_usage = await self._queue_usage()
@@ -93,7 +97,8 @@ class Runtime:
     async def _ping_loop(self) -> None:
         """Pings keep proxies from closing idle streams; also closes streams stuck sending."""
         while True:
-            await asyncio.sleep(self.settings.ping_seconds)
+            # A little early, so the gap between two pings never exceeds the promised interval.
+            await asyncio.sleep(self.settings.ping_seconds * 0.9)
             self.hub.ping_all()
             for sub in self.hub.stuck_streams(self.settings.send_timeout_seconds):
                 sub.timed_out = True
@@ -129,10 +134,11 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        present = self.presence.visitors()  # before stop() forgets those within the grace
         await self.presence.stop()
         await self.listener.stop()
         try:
-            await asyncio.wait_for(self.registry.remove(self.presence.visitors()), 3)
+            await asyncio.wait_for(self.registry.remove(present), 3)
         except Exception as exc:
             log.warning("could not remove presence entries at shutdown: %s", type(exc).__name__)
         await self.db.dispose()

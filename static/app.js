@@ -160,9 +160,8 @@
       const badge = $('feed-new');
       badge.textContent = `${unseen} new`;
       badge.hidden = false;
-    } else if (feedList.children.length > KEEP_ITEMS) {
-      while (feedList.children.length > KEEP_ITEMS) feedList.lastElementChild.remove();
-      setOlder(true);
+    } else {
+      trimFeed();
     }
     if (announce) $('feed-announcer').textContent = added.length === 1 ? spoken(added[0])
       : `${added.length} new activity items`;
@@ -175,6 +174,14 @@
     const who = head.textContent.replace(/\s+/g, ' ').trim();
     const body = li.querySelector('.item-body')?.textContent.slice(0, 140);
     return body ? `${who}: ${body}` : who;
+  }
+
+  // Keep a long-open page small; "Older" brings the rest back. Never while the reader is
+  // scrolled down (it would move what they read): then on their way back to the top.
+  function trimFeed() {
+    if (feedList.children.length <= KEEP_ITEMS) return;
+    while (feedList.children.length > KEEP_ITEMS) feedList.lastElementChild.remove();
+    setOlder(true);
   }
 
   function setOlder(hasOlder) {
@@ -195,9 +202,10 @@
       for (;;) {
         if (resyncTo !== null) {
           const newest = resyncTo;
-          resyncTo = null;
+          // Cleared only once the page is in hand: a failed fetch keeps the resync pending.
           const page = await fetchPage(`before=${newest === NEWEST ? NEWEST : newest + 1}`);
-          if (resyncTo !== null) continue;           // another resync came in meanwhile
+          if (resyncTo !== newest) continue;         // another resync came in meanwhile
+          resyncTo = null;
           generation++;
           feedList.replaceChildren();
           clearUnseen();
@@ -271,6 +279,7 @@
   function clearUnseen() {
     unseen = 0;
     $('feed-new').hidden = true;
+    if (feedScroll.scrollTop <= 24) trimFeed();
   }
 
   feedScroll.addEventListener('scroll', () => {

@@ -85,6 +85,9 @@ async def test_database_outage_is_reported_survived_and_loses_nothing(
     await asyncio.to_thread(database.migrate, url)
     server = await asyncio.to_thread(app_server, database_url=url, workers=2)
     workers_before = set(server.worker_pids())
+    latecomer = await Visitor.arrive(server.base_url)  # their first stream comes in the outage
+    latecomer_id = latecomer.cookies()["ripple_visitor"].split(".")[1]
+    await latecomer.aclose()
     async with await Visitor.arrive(server.base_url) as visitor:
         kept = (await visitor.post("committed before the outage")).json()["id"]
         streams = await _open_streams(server.base_url, 4, cookies=visitor.cookie_header())
@@ -92,6 +95,8 @@ async def test_database_outage_is_reported_survived_and_loses_nothing(
             await asyncio.to_thread(cluster.stop, "fast")
             down = await eventually(lambda: health(server.base_url), lambda h: h[0] == 503, 15)
             assert down[1]["status"] == "unavailable"
+            # A stream opens while its join cannot be written; it is written once possible.
+            streams += await _open_streams(server.base_url, 1, cookies=latecomer.cookie_header())
 
             failed = await visitor.client.post(
                 "/activity", data={"message": "during the outage"}, headers={"accept": "text/plain"}
@@ -106,6 +111,9 @@ async def test_database_outage_is_reported_survived_and_loses_nothing(
             await asyncio.gather(*(s.wait_for(_is("resync"), timeout=20) for s in streams))
 
             assert set(server.worker_pids()) == workers_before, "a worker crashed"
+            await eventually(
+                lambda: online_ids(server.base_url), lambda ids: latecomer_id in ids, 10
+            )
             after = (await visitor.post("after the outage")).json()["id"]
             await asyncio.gather(
                 *(s.wait_for(_is("activity", str(after)), timeout=5) for s in streams)
@@ -285,3 +293,25 @@ async def test_unresponsive_listener_backend_is_noticed_and_replaced_once(
     finally:
         os.kill(frozen, signal.SIGCONT)
         await _close(streams)
+
+
+async def test_sigterm_announces_the_leaves_to_other_instances(
+    app_server: AppServerFactory,
+) -> None:
+    leaving = await asyncio.to_thread(app_server, workers=1)
+    staying = await asyncio.to_thread(app_server, workers=1)
+    async with (
+        await Visitor.arrive(leaving.base_url) as xena,
+        await Visitor.arrive(staying.base_url) as yuri,
+    ):
+        xena_id = xena.cookies()["ripple_visitor"].split(".")[1]
+        xena_stream = await SSEClient.connect(leaving.base_url, cookies=xena.cookie_header())
+        async with SSEClient.open(staying.base_url, cookies=yuri.cookie_header()) as watcher:
+            await eventually(lambda: online_ids(staying.base_url), lambda ids: xena_id in ids, 10)
+            await watcher.collect(1.0)  # let earlier presence events pass
+            leaving.signal(signal.SIGTERM)
+            # Her stream ends at once; her entry goes with the worker and the leave is
+            # announced, long before the 6 s expiry would have hidden her.
+            await watcher.wait_for(_is("presence", xena_id), timeout=5)
+            assert xena_id not in await online_ids(staying.base_url)
+        await xena_stream.aclose()

@@ -27,6 +27,14 @@ def test_database_urls_are_normalised_and_sslmode_translated(raw: str) -> None:
     assert url.ssl == "require"
 
 
+def test_provider_urls_with_libpq_only_options_are_accepted() -> None:
+    url = DatabaseUrl.parse(
+        "postgresql://u:p@ep-x.eu.aws.neon.tech/neondb?sslmode=require&channel_binding=require"
+    )
+    assert url.sqlalchemy_url == "postgresql+asyncpg://u:p@ep-x.eu.aws.neon.tech/neondb"
+    assert url.ssl == "require"
+
+
 def test_bad_database_urls_are_refused_clearly() -> None:
     with pytest.raises(ConfigError, match="scheme"):
         DatabaseUrl.parse("mysql://x/y")

@@ -135,15 +135,12 @@ class Hub:
         self._pending: dict[str, Event] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.newest_activity_id = 0
-        # Bumped by every resync from the bus (an item hidden, items pruned): caches of
-        # rendered items compare it to know they must start over.
+        # Bumped by every resync (an item hidden, items pruned, notifications missed while
+        # the listener was away): caches of rendered items compare it to know to start over.
         self.resync_generation = 0
 
     def __len__(self) -> int:
         return len(self._subs)
-
-    def subscriptions(self) -> list[Subscription]:
-        return list(self._subs)
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self._capacity)
@@ -160,8 +157,6 @@ class Hub:
     def publish(self, event: Event) -> None:
         """Hand an event from the listener to every stream. Never blocks."""
         metrics.EVENTS_RECEIVED.labels(event.kind).inc()
-        if event.kind == RESYNC:
-            self.resync_generation += 1
         interval = self._intervals.get(event.kind)
         if interval is None:
             self._deliver(event)
@@ -212,6 +207,7 @@ class Hub:
 
     def resync_all(self, reason: str) -> None:
         """Every stream must re-read everything (e.g. the listener missed notifications)."""
+        self.resync_generation += 1
         frame = encode_frame(RESYNC, reason, event_id=self.newest_activity_id)
         for sub in self._subs:
             sub.offer_resync(frame)

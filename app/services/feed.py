@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, cast, delete, func, literal, select, true, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -152,20 +152,22 @@ async def newest_id(db: Database) -> int:
 async def ids_after(
     db: Database, after: int, limit: int = REPLAY_LIMIT + 1
 ) -> tuple[list[int], int]:
-    """Visible item ids above `after` in order (at most `limit`), and the newest id overall."""
-    async with db.autocommit() as session:
-        ids = list(
-            (
-                await session.scalars(
-                    select(Activity.id)
-                    .where(Activity.id > after, Activity.hidden_at.is_(None))
-                    .order_by(Activity.id.asc())
-                    .limit(limit)
-                )
-            ).all()
-        )
-        newest = await session.scalar(select(func.max(Activity.id)))
-    return ids, int(newest or 0)
+    """Visible item ids above `after` in order (at most `limit`), and the newest id overall,
+    read in one statement so both come from one snapshot."""
+    missed = (
+        select(Activity.id)
+        .where(Activity.id > after, Activity.hidden_at.is_(None))
+        .order_by(Activity.id.asc())
+        .limit(limit)
+        .subquery()
+    )
+    query = select(
+        select(func.max(Activity.id)).scalar_subquery(),
+        select(func.array_agg(aggregate_order_by(missed.c.id, missed.c.id))).scalar_subquery(),
+    )
+    async with db.autocommit() as connection:
+        newest, ids = (await connection.execute(query)).one()
+    return list(ids or []), int(newest or 0)
 
 
 async def hide(db: Database, item_id: int) -> bool:

@@ -80,11 +80,13 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
     except InvalidInput as error:
         raise ValidationException(str(error)) from None
     await _limit(request, "post", who)
-    item = await feed.post(runtime(request).db, who, message)
+    rt = runtime(request)
+    generation = rt.hub.resync_generation
+    item = await feed.post(rt.db, who, message)
     if wants_json(request):
         response: Response[Any] = Response({"id": item.id}, status_code=201)
     else:
-        response = html(render_item(request, item)[0], status=201)
+        response = html(render_item(request, item, generation)[0], status=201)
     return _with_identity(request, response, who, new)
 
 

@@ -57,7 +57,8 @@ async def _refuse(send: Send, status: int, reason: str, retry_after: int) -> Non
 
 
 async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
-    """The first frames (retry + ping, then the replay) and the highest id they cover."""
+    """The first frames (retry + ping, then the replay) and the highest feed id they cover:
+    live frames up to that id are duplicates of the replay."""
     first = [encode_frame(PING, "", retry_ms=RETRY_MS)]
     if cursor is None:
         return first[0], 0
@@ -65,9 +66,9 @@ async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
     if cursor > newest or len(ids) > feed.REPLAY_LIMIT:
         reason = "cursor-ahead" if cursor > newest else "too-far-behind"
         first.append(encode_frame(RESYNC, reason, event_id=newest))
-    else:
-        first.extend(encode_frame(ACTIVITY, str(i), event_id=i) for i in ids)
-    return b"".join(first), max(newest, cursor)
+        return b"".join(first), newest
+    first.extend(encode_frame(ACTIVITY, str(i), event_id=i) for i in ids)
+    return b"".join(first), ids[-1] if ids else cursor
 
 
 @asgi("/events", is_mount=False, copy_scope=False)

@@ -102,15 +102,21 @@ def item_json(item: feed.ActivityView) -> dict[str, Any]:
     }
 
 
-def render_item(request: Request[Any, Any, Any], item: feed.ActivityView) -> tuple[bytes, str]:
-    """An item's HTML and ETag, rendered once per worker."""
-    generation = runtime(request).hub.resync_generation
-    cached = _items.get(item.id, generation)
+def render_item(
+    request: Request[Any, Any, Any], item: feed.ActivityView, read_at_generation: int
+) -> tuple[bytes, str]:
+    """An item's HTML and ETag, rendered once per worker.
+
+    `read_at_generation` is the resync generation from before the item was read: if a
+    resync (a hide) came in since, the answer is not kept.
+    """
+    cached = _items.get(item.id, read_at_generation)
     if cached is not None:
         return cached
     body = render(request, "partials/activity_item.html", item=item).encode()
     entry = (body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
-    _items.put(item.id, entry)
+    if runtime(request).hub.resync_generation == read_at_generation:
+        _items.put(item.id, entry)
     return entry
 
 
@@ -132,8 +138,9 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
     if not 0 < item_id <= MAX_ITEM_ID:  # ids are positive bigints; asking is not an outage
         raise NotFoundException("No such feed item.")
     json = wants_json(request)
+    generation = runtime(request).hub.resync_generation
     if not json:  # every page fetches the same item at once: answer from memory
-        cached = _items.get(item_id, runtime(request).hub.resync_generation)
+        cached = _items.get(item_id, generation)
         if cached is not None:
             return _item_response(request, *cached)
     try:
@@ -145,7 +152,7 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
         raise NotFoundException("No such feed item.")
     if json:
         return Response(item_json(item), headers={"vary": FRAGMENT_VARY})
-    return _item_response(request, *render_item(request, item))
+    return _item_response(request, *render_item(request, item, generation))
 
 
 def _cursor(raw: str | None, name: str) -> int | None:
