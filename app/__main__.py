@@ -10,8 +10,7 @@ import sys
 from datetime import timedelta
 
 from app.config import ConfigError, Settings
-
-MAX_ITEM_ID = 2**63 - 1  # activity ids are PostgreSQL bigints
+from app.models import ACTIVITY_ID_MAX
 
 
 def _item_id(raw: str) -> int:
@@ -19,7 +18,7 @@ def _item_id(raw: str) -> int:
         value = int(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a feed item id") from None
-    if not 0 < value <= MAX_ITEM_ID:
+    if not 0 < value <= ACTIVITY_ID_MAX:
         raise argparse.ArgumentTypeError(f"{raw} is not a feed item id (a positive number)")
     return value
 

@@ -31,6 +31,7 @@ NAMING = {
 }
 
 MESSAGE_MAX = 280
+ACTIVITY_ID_MAX = 2**63 - 1  # activity ids are PostgreSQL bigints
 NAME_MAX = 40
 
 

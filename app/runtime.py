@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar import Litestar
 from sqlalchemy import func, select
@@ -24,6 +24,7 @@ from app.services import feed
 from app.workers import WorkerRegistry, new_worker_id
 
 log = logging.getLogger("ripple.runtime")
+T = TypeVar("T")
 
 
 class Runtime:
@@ -146,7 +147,7 @@ class Runtime:
         log.info("worker stopped worker_id=%s", self.worker_id)
 
 
-async def _retrying(read: Callable[[], Any], attempts: int = 20) -> Any:
+async def _retrying(read: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
     """Start-up reads wait a little for a database that is still coming up."""
     for attempt in range(attempts):
         try:

@@ -17,6 +17,7 @@ from app.realtime.events import (
 )
 from app.realtime.hub import Hub, Subscription
 from app.realtime.listener import Listener, ListenerUnusable
+from app.realtime.stream import pump
 
 __all__ = [
     "ACTIVITY",
@@ -33,4 +34,5 @@ __all__ = [
     "Subscription",
     "encode_frame",
     "notify",
+    "pump",
 ]

@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+
+from litestar.types import Receive, Send
 
 from app import metrics
 from app.realtime.hub import Subscription
-
-Scope = dict[str, Any]
-Receive = Any
-Send = Any
 
 STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -16,8 +16,7 @@ from litestar.types import Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import identity, metrics
-from app.realtime import ACTIVITY, PING, RESYNC, encode_frame
-from app.realtime.stream import pump
+from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, pump
 from app.runtime import Runtime
 from app.services import feed
 

@@ -14,12 +14,12 @@ from litestar import Request, Response, get
 from litestar.exceptions import ClientException, HTTPException, NotFoundException
 
 from app import metrics
+from app.models import ACTIVITY_ID_MAX
 from app.presence import online
 from app.services import counter, feed
 from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
 
 _ITEM_CACHE_SIZE = 4096
-MAX_ITEM_ID = 2**63 - 1  # the activity id column is a PostgreSQL bigint
 
 
 class ItemCache:
@@ -135,7 +135,7 @@ def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> R
 
 @get("/fragments/activity/{item_id:int}")
 async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Response[Any]:
-    if not 0 < item_id <= MAX_ITEM_ID:  # ids are positive bigints; asking is not an outage
+    if not 0 < item_id <= ACTIVITY_ID_MAX:  # ids are positive bigints; asking is not an outage
         raise NotFoundException("No such feed item.")
     json = wants_json(request)
     generation = runtime(request).hub.resync_generation
