@@ -42,7 +42,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database.sqlalchemy_url,
         connect_args=connect_args(settings.database, pooled=settings.database_is_pooled),
-        pool_size=10,
+        # Per worker; with one LISTEN connection that is at most 16 connections to count
+        # against the server's max_connections (or the pooler's) per worker.
+        pool_size=5,
         max_overflow=10,
         pool_timeout=10,
         # No pre-ping: with asyncpg it costs two round trips on every checkout. A connection

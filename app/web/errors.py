@@ -68,11 +68,16 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     from sqlalchemy.exc import SQLAlchemyError
 
     if isinstance(exc, (OSError, SQLAlchemyError)):
+        # The driver's error class and SQLSTATE say what happened; the message is not
+        # logged, since it may quote a visitor's text among the statement's parameters.
+        cause = getattr(exc, "orig", None) or exc
         log.warning(
-            "database unavailable during %s %s: %s",
+            "database unavailable during %s %s: %s (%s sqlstate=%s)",
             request.method,
             request.url.path,
             type(exc).__name__,
+            type(cause).__name__,
+            getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None),
         )
         return _reply(
             request,
