@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar, cast, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+NOTIFY_CHANNEL = "ripple"  # the one LISTEN/NOTIFY channel every instance shares
 DEV_SECRET = "ripple-development-secret"  # noqa: S105 - refused in production below
 
 # sslmode values libpq understands; asyncpg takes the same words through `ssl=`.

@@ -22,6 +22,10 @@ from typing import Any
 import asyncpg
 import uvicorn
 
+# Nothing here may import app.metrics: the launcher must not own metric files of its own
+# (they would count in the instance's totals), and with one worker the server imports the
+# app in this very process, after PROMETHEUS_MULTIPROC_DIR is set.
+from app.config import NOTIFY_CHANNEL as CHANNEL
 from app.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,10 +55,6 @@ async def _listen_round_trip(settings: Settings, timeout: float = 5.0) -> bool |
 
     None if the database cannot be reached now (the workers keep retrying by themselves).
     """
-    # Imported here: the metrics it pulls in must be created after PROMETHEUS_MULTIPROC_DIR is
-    # set, for with one worker the server runs the app in this very process.
-    from app.realtime import CHANNEL
-
     listen, pooled = settings.listen_database, settings.database
     try:
         listener = await asyncpg.connect(listen.asyncpg_dsn, ssl=listen.ssl, timeout=timeout)

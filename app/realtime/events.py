@@ -14,7 +14,9 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-CHANNEL: Final = "ripple"
+from app.config import NOTIFY_CHANNEL
+
+CHANNEL: Final = NOTIFY_CHANNEL
 
 COUNTER: Final = "counter"
 PRESENCE: Final = "presence"
