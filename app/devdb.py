@@ -23,7 +23,7 @@ def _reachable_by_others(path: Path) -> bool:
 
 def usable_data_dir(wanted: Path) -> Path:
     """Started as root, pgserver runs PostgreSQL as an unprivileged user, which cannot enter a
-    directory private to root (a checkout under /root): use a per-checkout temp dir then."""
+    directory private to root (a checkout in root's home): use a per-checkout temp dir then."""
     if os.geteuid() != 0 or _reachable_by_others(wanted.parent):
         return wanted
     digest = hashlib.sha256(str(wanted.resolve()).encode()).hexdigest()[:10]
