@@ -1,0 +1,1 @@
+"""Ripple's benchmark: `python -m bench run` (see docs/benchmarks.md)."""

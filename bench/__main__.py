@@ -1,0 +1,101 @@
+"""`python -m bench run [--quick] [--sizes 100,1000,5000] ...` and `python -m bench report FILE`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from bench import report
+from bench.run import Options, ensure_cwd_importable, run, write_results
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the benchmark (takes minutes; see docs/benchmarks.md)")
+    r.add_argument("--quick", action="store_true", help="small N and short phases, for development")
+    r.add_argument("--sizes", type=_ints, help="stream counts, e.g. 100,1000,3000,5000")
+    r.add_argument("--duration", type=float, help="seconds of writes per latency phase")
+    r.add_argument("--rate", type=float, help="activity posts/s in the event phase (20)")
+    r.add_argument("--page-rate", type=float, help="activity posts/s in the page phases (2)")
+    r.add_argument(
+        "--page-modes", type=_words, help="fragment fetch models: item,after (none: empty)"
+    )
+    r.add_argument("--hammer-rate", type=float, help="counter increments/s (1000)")
+    r.add_argument("--hammer-seconds", type=float)
+    r.add_argument(
+        "--server",
+        choices=["uvicorn", "granian", "both"],
+        help="server for Ripple's stream instance (both: compare them)",
+    )
+    r.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    r.add_argument("--fetch-group", type=int, help="clients sharing one fetch pool (25)")
+    r.add_argument("--fetch-conns", type=int, help="keep-alive connections per pool (2)")
+    r.add_argument(
+        "--quiet-below",
+        type=float,
+        help="wait before each block until machine CPU is below this %% busy (40)",
+    )
+    r.add_argument("--quiet-wait", type=float, help="seconds to wait for that at most (180)")
+    r.add_argument("--page-max", type=int, help="page phases only up to this many streams")
+    r.add_argument("--admin-url", help="PostgreSQL URL allowed to CREATE DATABASE")
+    r.add_argument(
+        "--docs",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="rewrite docs/benchmarks.md's table and chart (auto: not with --quick)",
+    )
+    rep = sub.add_parser("report", help="rewrite docs from a results file")
+    rep.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    ensure_cwd_importable()
+
+    if args.command == "report":
+        results = json.loads(args.file.read_text())
+        report.write_docs(results, args.file.name)
+        return 0
+
+    import os
+
+    options = Options.quick_defaults() if args.quick else Options()
+    options.admin_url = (
+        args.admin_url or os.environ.get("RIPPLE_BENCH_ADMIN_URL") or options.admin_url
+    )
+    for name in (
+        "sizes", "duration", "rate", "page_rate", "page_modes", "hammer_rate",
+        "hammer_seconds", "server", "fetch_group", "fetch_conns", "quiet_below",
+        "quiet_wait", "page_max",
+    ):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None:
+            setattr(options, name, value)
+    options.baseline = not args.no_baseline
+    # SIGTERM behaves like Ctrl-C: the run cancels, stops its servers and drops its database.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        results = run(options)
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped, database dropped", file=sys.stderr)
+        return 130
+    path = write_results(results)
+    print(f"results: {path.relative_to(Path.cwd())}")
+    print(report.summary(results))
+    if args.docs == "yes" or (args.docs == "auto" and not options.quick):
+        report.write_docs(results, path.name)
+        print("docs/benchmarks.md and docs/bench-latency.png updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
