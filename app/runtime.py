@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -18,6 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from app import metrics, ratelimit
 from app.config import Settings
 from app.db import open_database
+from app.itemcache import ItemCache
 from app.presence import PresenceTracker
 from app.realtime import CHANNEL, Hub, Listener
 from app.services import feed
@@ -50,6 +52,9 @@ class Runtime:
             on_state=self._report_listener_state,
             on_reconnect=self._resync_after_reconnect,
         )
+        self.item_cache = ItemCache()
+        # Open streams per visitor and per client IP on this worker (MAX_STREAMS_PER_CLIENT).
+        self.streams_per_key: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from typing import Any
 
 from litestar import Request, asgi
@@ -24,8 +23,6 @@ log = logging.getLogger("ripple.stream")
 
 RETRY_MS = 1000
 MAX_CURSOR_DIGITS = 18
-
-_open_per_key: Counter[str] = Counter()
 
 
 def parse_cursor(header: str | None, query: str | None) -> int | None:
@@ -90,14 +87,14 @@ async def events(scope: Scope, receive: Receive, send: Send) -> None:
     ip = request.client.host if request.client else "unknown"
     keys = [f"ip:{ip}"] + ([f"v:{who.id.hex}"] if who else [])
     cap = settings.max_streams_per_client
-    if cap and any(_open_per_key[k] >= cap for k in keys):
+    if cap and any(rt.streams_per_key[k] >= cap for k in keys):
         await _refuse(send, 429, "client-limit", 10)
         return
     cursor = parse_cursor(
         request.headers.get("last-event-id"), request.query_params.get("last_event_id")
     )
     for key in keys:
-        _open_per_key[key] += 1
+        rt.streams_per_key[key] += 1
     sub = rt.hub.subscribe()  # before the replay query, so nothing falls in between
     sub.task = asyncio.current_task()
     metrics.STREAMS_OPENED.inc()
@@ -124,9 +121,9 @@ async def events(scope: Scope, receive: Receive, send: Send) -> None:
     finally:
         rt.hub.unsubscribe(sub)
         for key in keys:
-            _open_per_key[key] -= 1
-            if _open_per_key[key] <= 0:
-                del _open_per_key[key]
+            rt.streams_per_key[key] -= 1
+            if rt.streams_per_key[key] <= 0:
+                del rt.streams_per_key[key]
         if joined and who is not None:
             rt.presence.closed(who)
 

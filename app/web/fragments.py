@@ -7,7 +7,6 @@ browser), so each is rendered once per worker and may be cached by proxies.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from typing import Any
 
 from litestar import Request, Response, get
@@ -18,42 +17,6 @@ from app.models import ACTIVITY_ID_MAX
 from app.presence import online
 from app.services import counter, feed
 from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
-
-_ITEM_CACHE_SIZE = 4096
-
-
-class ItemCache:
-    """Rendered feed items (HTML and ETag) of this worker, newest used kept.
-
-    An item never changes; it can only be hidden or pruned, and both send a resync over
-    the bus, which empties the cache on every worker.
-    """
-
-    def __init__(self, size: int = _ITEM_CACHE_SIZE) -> None:
-        self._size = size
-        self._items: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
-        self._generation = 0
-
-    def get(self, item_id: int, generation: int) -> tuple[bytes, str] | None:
-        if generation != self._generation:
-            self._items.clear()
-            self._generation = generation
-            return None
-        entry = self._items.get(item_id)
-        if entry is not None:
-            self._items.move_to_end(item_id)
-        return entry
-
-    def put(self, item_id: int, entry: tuple[bytes, str]) -> None:
-        self._items[item_id] = entry
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def forget(self, item_id: int) -> None:
-        self._items.pop(item_id, None)
-
-
-_items = ItemCache()
 
 
 class Gone(HTTPException):
@@ -110,13 +73,13 @@ def render_item(
     `read_at_generation` is the resync generation from before the item was read: if a
     resync (a hide) came in since, the answer is not kept.
     """
-    cached = _items.get(item.id, read_at_generation)
+    cached = runtime(request).item_cache.get(item.id, read_at_generation)
     if cached is not None:
         return cached
     body = render(request, "partials/activity_item.html", item=item).encode()
     entry = (body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
     if runtime(request).hub.resync_generation == read_at_generation:
-        _items.put(item.id, entry)
+        runtime(request).item_cache.put(item.id, entry)
     return entry
 
 
@@ -140,13 +103,13 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
     json = wants_json(request)
     generation = runtime(request).hub.resync_generation
     if not json:  # every page fetches the same item at once: answer from memory
-        cached = _items.get(item_id, generation)
+        cached = runtime(request).item_cache.get(item_id, generation)
         if cached is not None:
             return _item_response(request, *cached)
     try:
         item = await feed.get(runtime(request).db, item_id)
     except feed.Hidden:
-        _items.forget(item_id)
+        runtime(request).item_cache.forget(item_id)
         raise Gone("This item was removed by a moderator.") from None
     if item is None:
         raise NotFoundException("No such feed item.")
