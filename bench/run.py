@@ -122,9 +122,14 @@ class Notices:
 
 
 def app_revision() -> str:
-    """The commit measured, with `-dirty` if the working tree differs from it."""
+    """The commit measured, with `-dirty` if the working tree differs from it.
+
+    A run from an exported snapshot (no `.git`) names it in RIPPLE_BENCH_REVISION.
+    """
     import subprocess
 
+    if os.environ.get("RIPPLE_BENCH_REVISION"):
+        return os.environ["RIPPLE_BENCH_REVISION"]
     try:
         return subprocess.run(
             ["git", "describe", "--always", "--dirty", "--exclude", "*"],
