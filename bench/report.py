@@ -94,6 +94,41 @@ def event_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ratio_table(results: dict[str, Any]) -> list[str]:
+    """Each Ripple contender against the baseline, per stream count (x = baseline / ripple)."""
+    keys = [k for k in _contenders(results) if k != "baseline"]
+    if "baseline" not in _contenders(results) or not keys:
+        return []
+    lines = [
+        "**Against the baseline** (event phase; `x` = how many times better Ripple is, so "
+        "baseline ÷ Ripple for latency, CPU and memory; delivery as measured):",
+        "",
+        "| streams | app | delivery (baseline) | p50 | p99 | server CPU per frame | KiB/stream |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for n in _sizes(results):
+        base = _get(results, "sizes", str(n), "baseline")
+        if not base:
+            continue
+        for key in keys:
+            e = _get(results, "sizes", str(n), key)
+            if not e:
+                continue
+
+            def ratio(entry: Any, other: Any, *path: str) -> str:
+                return _ratio(_get(other, *path), _get(entry, *path))
+
+            lines.append(
+                f"| {n:,} | {key} | {_get(e, 'event', 'event', 'ratio')} "
+                f"({_get(base, 'event', 'event', 'ratio')}) "
+                f"| {ratio(e, base, 'event', 'event', 'latency_ms', 'p50')} "
+                f"| {ratio(e, base, 'event', 'event', 'latency_ms', 'p99')} "
+                f"| {ratio(e, base, 'event', 'cpu', 'server_us_per_frame')} "
+                f"| {ratio(e, base, 'open', 'kib_per_stream')} |"
+            )
+    return lines
+
+
 def page_table(results: dict[str, Any]) -> list[str]:
     rate = results["options"]["page_rate"]
     lines = [
@@ -272,15 +307,22 @@ def targets(results: dict[str, Any]) -> list[str]:
         (int(n), e["ripple"]["hammer"]) for n, e in sizes.items() if _get(e, "ripple", "hammer")
     ]
     if hammers:
-        rate_ok = all(h["achieved_per_s"] >= 0.9 * h["target_per_s"] for _, h in hammers)
         final_ok = all(h["clients_on_final_value"] == h["clients"] for _, h in hammers)
+        after_ok = all(
+            h["clients_last_event_after_final_commit"] == h["clients"] for _, h in hammers
+        )
         over = max(h["max_events_in_any_second"] for _, h in hammers)
         achieved = ", ".join(f"{h['achieved_per_s']:.0f}/s at {n:,}" for n, h in sorted(hammers))
         row(
-            "counter hammer ~1,000/s: ≤ 10 counter events/s per client, all end on the final value",
-            f"achieved {achieved}; every client on the final value: {final_ok}; "
-            f"max events in any 1 s window {over}",
-            rate_ok and final_ok and over <= 10,
+            "counter hammer: ≤ 10 counter events/s per client, all end on the final value",
+            f"most events in any 1 s window at any client: {over}; every client got an event "
+            f"after the final commit: {after_ok}, and read the final value: {final_ok}",
+            final_ok and after_ok and over <= 10,
+        )
+        row(
+            "counter hammer at ~1,000 increments/s (through the 1-worker writer instance)",
+            f"achieved {achieved}",
+            all(h["achieved_per_s"] >= 0.9 * h["target_per_s"] for _, h in hammers),
         )
     return ["| target | measured | verdict |", "|---|---|---|", *rows]
 
@@ -299,6 +341,8 @@ def generated(results: dict[str, Any], name: str) -> str:
         "![event latency p50 and p99 against open streams](bench-latency.png)",
         "",
         *targets(results),
+        "",
+        *ratio_table(results),
         "",
         *event_table(results),
         "",
@@ -335,6 +379,17 @@ def chart(results: dict[str, Any], path: Path = CHART) -> None:
         color = styles.get(key)
         ax.plot(xs, p99, marker="o", color=color, label=f"{key} p99")
         ax.plot(xs, p50, marker=".", linestyle="--", color=color, label=f"{key} p50")
+        for n, y in zip(xs, p99, strict=True):
+            ratio = _get(results, "sizes", str(n), key, "event", "event", "ratio")
+            if ratio is not None and ratio < 1:
+                ax.annotate(
+                    f"{ratio:.0%} delivered\nwithin the drain",
+                    (n, y),
+                    textcoords="offset points",
+                    xytext=(-60, 6),
+                    fontsize=7,
+                    color=color,
+                )
     for n, limit in ((1000, 30), (3000, 120)):
         ax.plot([n], [limit], marker="*", markersize=12, color="black", linestyle="none")
     ax.plot([], [], marker="*", color="black", linestyle="none", label="target p99")
