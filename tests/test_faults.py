@@ -12,7 +12,7 @@ from support import database
 from support.cluster import PgCluster
 from support.probes import eventually, health, metric, online_ids
 from support.server import AppServer
-from support.sse import SSEClient, SSEEvent, StreamClosed
+from support.sse import SSEClient, StreamClosed, named
 from support.stalled import StalledStream
 from support.visitors import Visitor
 
@@ -21,17 +21,13 @@ AppServerFactory = Callable[..., AppServer]
 MANY = {"MAX_STREAMS_PER_CLIENT": "0"}
 
 
-def _is(name: str, data: str | None = None) -> Callable[[SSEEvent], bool]:
-    return lambda ev: ev.event == name and (data is None or ev.data == data)
-
-
 async def _open_streams(base_url: str, count: int, cookies: str | None = None) -> list[SSEClient]:
     streams = await asyncio.gather(
         *(SSEClient.connect(base_url, cookies=cookies, timeout=20) for _ in range(count))
     )
     for stream in streams:
         assert stream.status == 200
-    await asyncio.gather(*(s.wait_for(_is("ping"), timeout=20) for s in streams))
+    await asyncio.gather(*(s.wait_for_event("ping", timeout=20) for s in streams))
     return list(streams)
 
 
@@ -60,13 +56,13 @@ async def test_terminated_listener_reconnects_resyncs_and_delivers(
         )
         assert len(killed) == 2  # one listener per worker
         started = time.monotonic()
-        await asyncio.gather(*(s.wait_for(_is("resync"), timeout=5) for s in streams))
+        await asyncio.gather(*(s.wait_for_event("resync", timeout=5) for s in streams))
         assert time.monotonic() - started < 5
         assert all(not s.closed for s in streams)
         async with await Visitor.arrive(server.base_url) as writer:
             item_id = (await writer.post("after the reconnect")).json()["id"]
         await asyncio.gather(
-            *(s.wait_for(_is("activity", str(item_id)), timeout=5) for s in streams)
+            *(s.wait_for_event("activity", str(item_id), timeout=5) for s in streams)
         )
         after = await metric(server.base_url, "ripple_listener_reconnects_total")
         assert after - before == 2
@@ -108,7 +104,7 @@ async def test_database_outage_is_reported_survived_and_loses_nothing(
             await asyncio.sleep(2)  # a few seconds of outage
             await asyncio.to_thread(cluster.start)
             await eventually(lambda: health(server.base_url), lambda h: h[0] == 200, 30)
-            await asyncio.gather(*(s.wait_for(_is("resync"), timeout=20) for s in streams))
+            await asyncio.gather(*(s.wait_for_event("resync", timeout=20) for s in streams))
 
             assert set(server.worker_pids()) == workers_before, "a worker crashed"
             await eventually(
@@ -116,7 +112,7 @@ async def test_database_outage_is_reported_survived_and_loses_nothing(
             )
             after = (await visitor.post("after the outage")).json()["id"]
             await asyncio.gather(
-                *(s.wait_for(_is("activity", str(after)), timeout=5) for s in streams)
+                *(s.wait_for_event("activity", str(after), timeout=5) for s in streams)
             )
             bodies = await database.fetch(url, "SELECT id, body FROM activity ORDER BY id")
             texts = {r["body"] for r in bodies}
@@ -146,7 +142,7 @@ async def test_client_that_stops_reading_never_holds_back_the_others(
 
             ids = sorted(await asyncio.gather(*(post(n) for n in range(300))))
             for reader in readers:
-                got = await reader.collect(10, count=len(ids), predicate=_is("activity"))
+                got = await reader.collect(10, count=len(ids), predicate=named("activity"))
                 assert [int(ev.data) for ev in got] == ids
             assert all(s.status == 200 for s in stalled)
         finally:
@@ -253,9 +249,9 @@ async def test_sigkill_expires_presence_and_spares_the_other_instance(
         started = time.monotonic()
         await eventually(lambda: online_ids(survivor.base_url), lambda ids: xena_id not in ids, 15)
         assert time.monotonic() - started < 12
-        await yuri_stream.wait_for(_is("presence"), timeout=5)
+        await yuri_stream.wait_for_event("presence", timeout=5)
         item = (await yuri.post("still here")).json()["id"]
-        await yuri_stream.wait_for(_is("activity", str(item)), timeout=5)
+        await yuri_stream.wait_for_event("activity", str(item), timeout=5)
         await yuri_stream.aclose()
         for stream in xena_streams:
             await stream.aclose()
@@ -282,14 +278,14 @@ async def test_unresponsive_listener_backend_is_noticed_and_replaced_once(
     os.kill(frozen, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        await asyncio.gather(*(s.wait_for(_is("resync"), timeout=10) for s in streams))
+        await asyncio.gather(*(s.wait_for_event("resync", timeout=10) for s in streams))
         assert time.monotonic() - started < 6
         await asyncio.sleep(4)  # several more check intervals: no reconnect loop
         assert await metric(server.base_url, "ripple_listener_reconnects_total") - before == 1
         assert not [ev for s in streams for ev in await s.collect(0.1) if ev.event == "resync"]
         async with await Visitor.arrive(server.base_url) as writer:
             item = (await writer.post("after a frozen backend")).json()["id"]
-        await asyncio.gather(*(s.wait_for(_is("activity", str(item)), timeout=5) for s in streams))
+        await asyncio.gather(*(s.wait_for_event("activity", str(item), timeout=5) for s in streams))
     finally:
         os.kill(frozen, signal.SIGCONT)
         await _close(streams)
@@ -312,6 +308,6 @@ async def test_sigterm_announces_the_leaves_to_other_instances(
             leaving.signal(signal.SIGTERM)
             # Her stream ends at once; her entry goes with the worker and the leave is
             # announced, long before the 6 s expiry would have hidden her.
-            await watcher.wait_for(_is("presence", xena_id), timeout=5)
+            await watcher.wait_for_event("presence", xena_id, timeout=5)
             assert xena_id not in await online_ids(staying.base_url)
         await xena_stream.aclose()

@@ -7,14 +7,10 @@ from collections.abc import Callable
 import httpx
 from support import database
 from support.server import AppServer
-from support.sse import SSEClient, SSEEvent
+from support.sse import SSEClient, named
 from support.visitors import Visitor
 
 AppServerFactory = Callable[..., AppServer]
-
-
-def _is(name: str, data: str | None = None) -> Callable[[SSEEvent], bool]:
-    return lambda ev: ev.event == name and (data is None or ev.data == data)
 
 
 async def _newest_id(base_url: str) -> int:
@@ -48,7 +44,7 @@ async def test_write_on_one_instance_reaches_streams_on_every_worker_of_another(
 
             value = (await writer.increment()).json()["value"]
             for stream in streams:
-                await stream.wait_for(_is("counter", "1"), timeout=5)
+                await stream.wait_for_event("counter", "1", timeout=5)
             shown = await reader.get("/fragments/counter", headers={"accept": "text/html"})
             assert f">{value}<" in shown.text.replace(" ", "")
 
@@ -56,7 +52,7 @@ async def test_write_on_one_instance_reaches_streams_on_every_worker_of_another(
             assert posted.status_code == 201
             item_id = posted.json()["id"]
             for stream in streams:
-                event = await stream.wait_for(_is("activity", str(item_id)), timeout=5)
+                event = await stream.wait_for_event("activity", str(item_id), timeout=5)
                 assert event.id == str(item_id)
             fragment = await reader.get(
                 f"/fragments/activity/{item_id}", headers={"accept": "text/html"}
@@ -104,7 +100,7 @@ async def test_last_event_id_replays_exactly_the_missed_items_in_order(
             ({"last-event-id": "12abc"}, f"/events?last_event_id={cursor}"),
         ]:
             async with SSEClient.open(server.base_url, path, headers=headers) as stream:
-                got = await stream.collect(2.0, predicate=_is("activity"))
+                got = await stream.collect(2.0, predicate=named("activity"))
             replayed = [int(ev.data) for ev in got]
             assert replayed == ids[2:], (headers, path, replayed)
             assert [ev.id for ev in got] == [str(i) for i in ids[2:]]
@@ -172,19 +168,19 @@ async def test_presence_join_leave_and_rename(app_server: AppServerFactory) -> N
 
         ann_stream = await SSEClient.connect(a.base_url, cookies=ann.cookie_header())
         bob_stream = await SSEClient.connect(b.base_url, cookies=bob.cookie_header())
-        await ann_stream.wait_for(_is("presence", bob_id), timeout=5)
+        await ann_stream.wait_for_event("presence", bob_id, timeout=5)
         assert {ann_id, bob_id} <= set(await online())
 
         renamed = await bob.rename("Bobby Tables")
         assert renamed.status_code == 200
         assert renamed.json() == {"name": "Bobby Tables"}
-        await ann_stream.wait_for(_is("presence", bob_id), timeout=5)
+        await ann_stream.wait_for_event("presence", bob_id, timeout=5)
         assert (await online())[bob_id] == "Bobby Tables"
         feed = (await ann.get("/fragments/activity")).json()["items"]
         assert any(i["kind"] == "renamed" and i["author_name"] == "Bobby Tables" for i in feed)
 
         await bob_stream.aclose()
-        await ann_stream.wait_for(_is("presence", bob_id), timeout=8)
+        await ann_stream.wait_for_event("presence", bob_id, timeout=8)
         assert bob_id not in await online()
         assert ann_id in await online()
         await ann_stream.aclose()
@@ -200,7 +196,7 @@ async def test_first_time_online_appears_in_the_feed_once(app_server: AppServerF
         page = await newcomer.get("/fragments/activity")
         assert not any(i["author_id"] == vid for i in page.json()["items"]), "GET / wrote"
         async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
-            await s.wait_for(_is("activity"), timeout=5)  # their join
+            await s.wait_for_event("activity", timeout=5)  # their join
         async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
             await s.next_event(timeout=5)
         await newcomer.increment()  # a write, too, records nobody twice

@@ -25,6 +25,11 @@ class StreamClosed(Exception):
     """The server ended the stream (or the connection broke) before the awaited event."""
 
 
+def named(name: str, data: str | None = None) -> Callable[[SSEEvent], bool]:
+    """A predicate for `wait_for`/`collect`: events called `name` (with `data`, if given)."""
+    return lambda ev: ev.event == name and (data is None or ev.data == data)
+
+
 class SSEClient:
     """An open ``GET`` of an event stream. Use ``async with SSEClient.open(...) as stream``."""
 
@@ -169,9 +174,7 @@ class SSEClient:
         self, name: str, data: str | None = None, timeout: float = 10.0
     ) -> SSEEvent:
         """Shorthand: the next event named ``name`` (with ``data``, if given)."""
-        return await self.wait_for(
-            lambda ev: ev.event == name and (data is None or ev.data == data), timeout
-        )
+        return await self.wait_for(named(name, data), timeout)
 
     async def collect(
         self,
