@@ -42,10 +42,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database.sqlalchemy_url,
         connect_args=connect_args(settings.database, pooled=settings.database_is_pooled),
-        # Per worker; with one LISTEN connection that is at most 16 connections to count
-        # against the server's max_connections (or the pooler's) per worker.
-        pool_size=5,
-        max_overflow=10,
+        # Per worker; with one LISTEN connection that is at most 17 connections to count
+        # against the server's max_connections (or the pooler's) per worker. Opened on
+        # demand and then kept: no overflow, because an overflow connection is closed on
+        # return whenever the pool is full, and under steady concurrency above the pool
+        # size that meant a new connection (a TLS attempt, a login) for many requests.
+        pool_size=16,
+        max_overflow=0,
         pool_timeout=10,
         # No pre-ping: with asyncpg it costs two round trips on every checkout. A connection
         # broken by a database restart fails one request, and SQLAlchemy then invalidates

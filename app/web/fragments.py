@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.exceptions import ClientException, HTTPException, NotFoundException
+from markupsafe import Markup
 
 from app import metrics
 from app.models import ACTIVITY_ID_MAX
@@ -83,6 +84,19 @@ def render_item(
     return entry
 
 
+def rendered_items(
+    request: Request[Any, Any, Any], items: list[feed.ActivityView], read_at_generation: int
+) -> list[Markup]:
+    """Each item's HTML for partials/activity_list.html, from the per-worker cache.
+
+    Safe as markup: it is the output of an autoescaping template, not user text.
+    """
+    return [
+        Markup(render_item(request, item, read_at_generation)[0].decode())  # noqa: S704
+        for item in items
+    ]
+
+
 ITEM_CACHE_CONTROL = "public, max-age=300, immutable"
 
 
@@ -132,6 +146,7 @@ async def activity_list(request: Request[Any, Any, Any]) -> Response[Any]:
     """?after=N: the items right after N; ?before=N: the items right before N (or newest)."""
     metrics.FRAGMENTS_SERVED.labels("activity-list").inc()
     db = runtime(request).db
+    generation = runtime(request).hub.resync_generation
     after = _cursor(request.query_params.get("after"), "after")
     before = _cursor(request.query_params.get("before"), "before")
     if after is not None:
@@ -143,5 +158,10 @@ async def activity_list(request: Request[Any, Any, Any]) -> Response[Any]:
             {"items": [item_json(i) for i in items], "has_older": has_older},
             headers=_state_headers(),
         )
-    body = render(request, "partials/activity_list.html", items=items, has_older=has_older)
+    body = render(
+        request,
+        "partials/activity_list.html",
+        rendered_items=rendered_items(request, items, generation),
+        has_older=has_older,
+    )
     return html(body, headers=_state_headers())

@@ -10,6 +10,7 @@ from app.models import MESSAGE_MAX, NAME_MAX
 from app.presence import online
 from app.services import counter, feed, visitors
 from app.web.common import html, identity_cookie, render, runtime, visitor_of
+from app.web.fragments import rendered_items
 
 
 class _Limits:
@@ -27,6 +28,7 @@ class _Visitor:
 async def index(request: Request[Any, Any, Any]) -> Response[Any]:
     rt = runtime(request)
     who, is_new = visitor_of(request)
+    generation = rt.hub.resync_generation
     name = who.guest_name if is_new else await visitors.display_name(rt.db, who)
     items, has_older = await feed.page_before(rt.db, None)
     cursor = max((item.id for item in items), default=0)
@@ -38,7 +40,7 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         visitor=_Visitor(who.id.hex, name),
         counter_value=await counter.current(rt.db),
         presence=await online(rt.db, rt.settings.presence_expiry_seconds),
-        items=items,
+        rendered_items=rendered_items(request, items, generation),
         cursor=cursor,
         has_older=has_older,
         limits=_Limits,
