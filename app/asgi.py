@@ -1,5 +1,6 @@
 """The ASGI application the server imports (configured from the environment)."""
 
 from app.main import create_app
+from app.web.hotpaths import hot_paths
 
-app = create_app()
+app = hot_paths(create_app())

@@ -70,3 +70,75 @@ async def test_wait_wakes_on_publish_and_on_close() -> None:
     hub.close_all()
     await asyncio.wait_for(waiter, 1)
     assert sub.closed
+
+
+class RecordingSend:
+    """An ASGI `send` that records body chunks; while `gate` is set it waits on it first,
+    as a server does when the client's socket is full."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def __call__(self, message: dict[str, object]) -> None:
+        if self.fail:
+            raise OSError("connection reset")
+        if self.gate is not None:
+            await self.gate.wait()
+        body = message["body"]
+        assert isinstance(body, bytes)
+        self.chunks.append(body)
+
+
+async def test_an_idle_attached_stream_is_written_from_the_fan_out_loop() -> None:
+    hub = Hub()
+    send = RecordingSend()
+    sub = hub.subscribe()
+    sub.replayed_upto = 5
+    sub.attach(send)  # type: ignore[arg-type]
+    for n in (5, 6, 7):
+        hub.publish(Event(ACTIVITY, str(n)))
+    # Written at once, in order, replayed ids skipped, nothing left for the stream's task.
+    assert send.chunks == [
+        b"event: activity\nid: 6\ndata: 6\n\n",
+        b"event: activity\nid: 7\ndata: 7\n\n",
+    ]
+    assert not sub.pending()
+    hub.unsubscribe(sub)
+
+
+async def test_a_write_that_must_wait_is_finished_by_the_stream_and_later_frames_queue() -> None:
+    hub = Hub()
+    send = RecordingSend()
+    send.gate = asyncio.Event()
+    sub = hub.subscribe()
+    sub.attach(send)  # type: ignore[arg-type]
+    hub.publish(Event(ACTIVITY, "1"))  # the send suspends: handed to the stream
+    hub.publish(Event(ACTIVITY, "2"))  # queued behind it, not written around it
+    assert send.chunks == []
+    assert sub.send_started > 0  # the watchdog can see the stuck send
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.wait_for(waiter, 1)  # the stream's task is woken to finish it
+    send.gate.set()
+    await asyncio.wait_for(sub.finish_inflight(), 1)
+    assert send.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
+    assert sub.send_started == 0.0
+    chunk, _ = sub.take()
+    assert chunk == b"event: activity\nid: 2\ndata: 2\n\n"
+    hub.unsubscribe(sub)
+
+
+async def test_a_broken_connection_ends_that_stream_only() -> None:
+    hub = Hub()
+    broken, healthy = RecordingSend(), RecordingSend()
+    broken.fail = True
+    subs = [hub.subscribe(), hub.subscribe()]
+    subs[0].attach(broken)  # type: ignore[arg-type]
+    subs[1].attach(healthy)  # type: ignore[arg-type]
+    hub.publish(Event(ACTIVITY, "1"))
+    assert subs[0].closed
+    assert subs[0].disconnected
+    assert healthy.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
+    for sub in subs:
+        hub.unsubscribe(sub)

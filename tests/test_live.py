@@ -206,3 +206,41 @@ async def test_first_time_online_appears_in_the_feed_once(app_server: AppServerF
             if i["author_id"] == vid and i["kind"] == "joined"
         ]
         assert len(joins) == 1
+
+
+async def test_an_item_answered_from_memory_is_the_same_answer_as_from_the_database(
+    app_server: AppServerFactory,
+) -> None:
+    """The first fetch renders the item (Litestar's handler), later ones come from the
+    worker's memory ahead of Litestar: same body, same headers, same ETag and 304s."""
+    server = await asyncio.to_thread(app_server, workers=1)
+    async with await Visitor.arrive(server.base_url) as visitor:
+        item_id = (await visitor.post("said <once>")).json()["id"]  # JSON: nothing rendered
+        path = f"/fragments/activity/{item_id}"
+        html = {"accept": "text/html", "hx-request": "true"}
+        rendered, cached = (
+            await visitor.get(path, headers=html),
+            await visitor.get(path, headers=html),
+        )
+        for response in (rendered, cached):
+            assert response.status_code == 200
+            assert "said &lt;once&gt;" in response.text
+        assert cached.content == rendered.content
+        ignore = {"date", "set-cookie"}
+        assert {k: v for k, v in cached.headers.items() if k not in ignore} == {
+            k: v for k, v in rendered.headers.items() if k not in ignore
+        }
+        assert cached.headers["cache-control"] == "public, max-age=300, immutable"
+        etag = cached.headers["etag"]
+        unchanged = await visitor.get(path, headers={**html, "if-none-match": etag})
+        assert unchanged.status_code == 304
+        assert unchanged.content == b""
+        assert unchanged.headers["etag"] == etag
+        changed = await visitor.get(path, headers={**html, "if-none-match": '"other"'})
+        assert changed.status_code == 200
+        assert changed.content == rendered.content
+        # JSON is never the cached HTML.
+        as_json = await visitor.get(path, headers={"accept": "application/json"})
+        assert as_json.json()["body"] == "said <once>"
+        # An id beyond the cache: the ordinary 404.
+        assert (await visitor.get(f"/fragments/activity/{item_id + 1000}")).status_code == 404

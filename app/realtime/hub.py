@@ -1,20 +1,29 @@
 """In-process fan-out from the one listener to every stream open on this worker.
 
-publish() never waits: it puts frames into each subscription's bounded buffer.
-Counter and presence events are state ("the value changed"), so only the newest
-matters: they are throttled per worker and coalesced per stream. Feed events are
-kept in order; a stream that falls too far behind gets one `resync` instead.
+publish() never waits. A stream with nothing queued and no send in progress gets the
+frame written at once, from the fan-out loop itself (see Subscription.write_now);
+otherwise the frame goes into the stream's bounded buffer, which the stream's own task
+drains. Counter and presence events are state ("the value changed"), so only the newest
+matters: they are throttled per worker and coalesced per stream. Feed events are kept
+in order; a stream that falls too far behind gets one `resync` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
+from collections.abc import Generator
+from typing import Any
+
+from litestar.types import Send
 
 from app import metrics
 from app.realtime.events import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event, encode_frame
+
+log = logging.getLogger("ripple.stream")
 
 _ids = itertools.count(1)
 
@@ -25,7 +34,9 @@ class Subscription:
     __slots__ = (
         "_activity",
         "_capacity",
+        "_inflight",
         "_resync",
+        "_send",
         "_state",
         "_waiter",
         "closed",
@@ -36,6 +47,7 @@ class Subscription:
         "send_started",
         "task",
         "timed_out",
+        "writing",
     )
 
     def __init__(self, capacity: int) -> None:
@@ -52,15 +64,88 @@ class Subscription:
         self.sampled = self.id % 16 == 0  # one stream in 16 reports latency
         self.send_started = 0.0  # monotonic time of the send in progress, 0 if none
         self.task: asyncio.Task[object] | None = None
+        self._send: Send | None = None  # set once the stream's first frames are out
+        self.writing = False  # the stream's task is in a send of its own
+        # A direct write the server could not finish at once: (its steps, what it awaits).
+        self._inflight: tuple[Generator[Any, None, None], Any] | None = None
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def attach(self, send: Send) -> None:
+        """From now on the hub may write frames itself while nothing is queued."""
+        self._send = send
+
+    def _direct(self) -> bool:
+        return (
+            self._send is not None
+            and not self.writing
+            and self._inflight is None
+            and not self.closed
+            and not self.pending()
+        )
+
+    def write_now(self, chunk: bytes, received: float) -> None:
+        """Write a chunk from the fan-out loop, without waking the stream's task.
+
+        An ASGI `send` of a body chunk normally returns without suspending (the server
+        writes to its transport); stepping it here saves a task wake-up and a switch per
+        stream per event. If it must wait (the client's socket is full), the stream's
+        task takes over the rest of that send (finish_inflight), and frames queue behind it.
+        """
+        assert self._send is not None
+        message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        steps = self._send(message).__await__()  # type: ignore[arg-type]
+        try:
+            awaiting = steps.send(None)
+        except StopIteration:
+            if self.sampled:
+                metrics.NOTIFY_TO_SEND.observe(time.monotonic() - received)
+            return
+        except Exception as exc:  # the connection is gone or broken: end this stream only
+            log.info("stream write failed: %s", type(exc).__name__)
+            self.disconnected = True
+            self.close()
+            return
+        self._inflight = (steps, awaiting)
+        self.send_started = time.monotonic()
+        self._wake()
+
+    async def finish_inflight(self) -> None:
+        """Complete a direct write that had to wait, in the stream's own task."""
+        if self._inflight is None:
+            return
+        steps, awaiting = self._inflight
+        try:
+            while True:
+                if asyncio.isfuture(awaiting):
+                    await awaiting
+                else:  # a bare yield: give the loop one turn
+                    await asyncio.sleep(0)
+                try:
+                    awaiting = steps.send(None)
+                except StopIteration:
+                    return
+        finally:
+            self._inflight = None
+            self.send_started = 0.0
+            steps.close()
+
+    def abandon_inflight(self) -> None:
+        """The stream is over: drop a direct write still waiting."""
+        if self._inflight is not None:
+            self._inflight[0].close()
+            self._inflight = None
+
     def offer_activity(
         self, activity_id: int, frame: bytes, received: float, resync: bytes
     ) -> None:
+        if self._direct():
+            if activity_id > self.replayed_upto:
+                self.write_now(frame, received)
+            return
         if len(self._activity) >= self._capacity:
             self._activity.clear()
             self._resync = resync
@@ -71,12 +156,18 @@ class Subscription:
 
     def offer_state(self, kind: str, frame: bytes, received: float) -> bool:
         """Keep only the newest frame of a kind; True if an older one was replaced."""
+        if self._direct():
+            self.write_now(frame, received)
+            return False
         replaced = kind in self._state
         self._state[kind] = (frame, received)
         self._wake()
         return replaced
 
     def offer_resync(self, frame: bytes) -> None:
+        if self._direct():
+            self.write_now(frame, time.monotonic())
+            return
         self._activity.clear()
         self._resync = frame
         self._wake()
@@ -108,8 +199,9 @@ class Subscription:
         return bool(self._resync or self._activity or self._state)
 
     async def wait(self) -> None:
-        """Until something is buffered or the stream is closed."""
-        if self.closed or self.pending():
+        """Until something is buffered, a direct write waits to be finished, or the
+        stream is closed."""
+        if self.closed or self.pending() or self._inflight is not None:
             return
         self._waiter = asyncio.get_running_loop().create_future()
         try:

@@ -34,24 +34,38 @@ async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
             return
 
 
-async def pump(sub: Subscription, send: Send, receive: Receive, first: bytes) -> None:
-    """Send `first`, then whatever the hub buffers, until closed or disconnected."""
+async def pump(
+    sub: Subscription,
+    send: Send,
+    receive: Receive,
+    first: bytes,
+    headers: list[tuple[bytes, bytes]] = STREAM_HEADERS,
+) -> None:
+    """Send `headers` and `first`, then whatever the hub buffers, until closed or
+    disconnected."""
     watcher = asyncio.create_task(_watch_disconnect(receive, sub))
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
+        sub.attach(send)
         while True:
             await sub.wait()
             if sub.closed:
                 break
+            await sub.finish_inflight()
             chunk, oldest = sub.take()
             if not chunk:
                 continue
             sub.send_started = time.monotonic()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            sub.send_started = 0.0
+            sub.writing = True
+            try:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                sub.writing = False
+                sub.send_started = 0.0
             if sub.sampled and oldest:
                 metrics.NOTIFY_TO_SEND.observe(time.monotonic() - oldest)
+        sub.abandon_inflight()
         if not sub.disconnected:
             # Server shutting down: end cleanly; the client reconnects (to another worker).
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -7,6 +7,7 @@ session while streaming: the replay query uses a short transaction of its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -16,8 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import identity, metrics
 from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, pump
+from app.realtime.stream import STREAM_HEADERS
 from app.runtime import Runtime
 from app.services import feed
+from app.web.security import security_header_pairs
 
 log = logging.getLogger("ripple.stream")
 
@@ -34,22 +37,32 @@ def parse_cursor(header: str | None, query: str | None) -> int | None:
     return None
 
 
-async def _plain(send: Send, status: int, text: str, extra: dict[bytes, bytes]) -> None:
+async def _plain(
+    rt: Runtime, send: Send, status: int, text: str, extra: dict[bytes, bytes]
+) -> None:
     body = text.encode()
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"cache-control", b"no-store"),
         (b"content-length", str(len(body)).encode()),
         *extra.items(),
+        *security_header_pairs(rt.settings.production),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _refuse(send: Send, status: int, reason: str, retry_after: int) -> None:
+async def _refuse(rt: Runtime, send: Send, status: int, reason: str, retry_after: int) -> None:
     metrics.STREAMS_REFUSED.labels(reason).inc()
     text = f"Stream refused ({reason}); retry in {retry_after} s."
-    await _plain(send, status, text, {b"retry-after": str(retry_after).encode()})
+    await _plain(rt, send, status, text, {b"retry-after": str(retry_after).encode()})
+
+
+@functools.cache
+def _stream_headers(production: bool) -> list[tuple[bytes, bytes]]:
+    own = {name for name, _ in STREAM_HEADERS}
+    extra = [pair for pair in security_header_pairs(production) if pair[0] not in own]
+    return [*STREAM_HEADERS, *extra]
 
 
 async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
@@ -69,26 +82,31 @@ async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
 
 @asgi("/events", is_mount=False, copy_scope=False)
 async def events(scope: Scope, receive: Receive, send: Send) -> None:
-    rt: Runtime = scope["litestar_app"].state.runtime
+    """The route as Litestar sees it; in production app.web.hotpaths answers before it."""
+    await serve_stream(scope["litestar_app"].state.runtime, scope, receive, send)
+
+
+async def serve_stream(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    """One GET /events request, from its checks to the end of the stream."""
     if scope.get("method") != "GET":
         await _plain(
-            send, 405, "Method not allowed: the event stream is GET only.", {b"allow": b"GET"}
+            rt, send, 405, "Method not allowed: the event stream is GET only.", {b"allow": b"GET"}
         )
         return
     request: Request[Any, Any, Any] = Request(scope, receive)
     settings = rt.settings
     if rt.stopping.is_set():
-        await _refuse(send, 503, "shutting-down", 1)
+        await _refuse(rt, send, 503, "shutting-down", 1)
         return
     if len(rt.hub) >= settings.max_streams_per_worker:
-        await _refuse(send, 503, "worker-full", 5)
+        await _refuse(rt, send, 503, "worker-full", 5)
         return
     who = identity.decode(request.cookies.get(identity.COOKIE_NAME), settings.signing_key)
     ip = request.client.host if request.client else "unknown"
     keys = [f"ip:{ip}"] + ([f"v:{who.id.hex}"] if who else [])
     cap = settings.max_streams_per_client
     if cap and any(rt.streams_per_key[k] >= cap for k in keys):
-        await _refuse(send, 429, "client-limit", 10)
+        await _refuse(rt, send, 429, "client-limit", 10)
         return
     cursor = parse_cursor(
         request.headers.get("last-event-id"), request.query_params.get("last_event_id")
@@ -104,12 +122,12 @@ async def events(scope: Scope, receive: Receive, send: Send) -> None:
             first, sub.replayed_upto = await _opening_frames(rt, cursor)
         except (OSError, SQLAlchemyError) as exc:
             log.warning("stream refused, database unavailable: %s", type(exc).__name__)
-            await _refuse(send, 503, "database-unavailable", 2)
+            await _refuse(rt, send, 503, "database-unavailable", 2)
             return
         if who is not None:
             joined = True
             await _join(rt, who)
-        await pump(sub, send, receive, first)
+        await pump(sub, send, receive, first, _stream_headers(rt.settings.production))
     except asyncio.CancelledError:
         if not sub.timed_out:
             raise
