@@ -19,10 +19,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from app import metrics, ratelimit
 from app.config import Settings
 from app.db import open_database
+from app.freshreads import FreshReads
 from app.itemcache import ItemCache
-from app.presence import PresenceTracker
+from app.presence import PresenceTracker, PresenceView, online
 from app.realtime import CHANNEL, Hub, Listener
-from app.services import feed
+from app.services import counter, feed
 from app.workers import WorkerRegistry, new_worker_id
 
 log = logging.getLogger("ripple.runtime")
@@ -53,6 +54,15 @@ class Runtime:
             on_reconnect=self._resync_after_reconnect,
         )
         self.item_cache = ItemCache()
+        # What every page re-reads after an event, read once per burst of requests.
+        expiry = settings.presence_expiry_seconds
+        self.counter_reads: FreshReads[None, int] = FreshReads(lambda _: counter.current(self.db))
+        self.presence_reads: FreshReads[None, PresenceView] = FreshReads(
+            lambda _: online(self.db, expiry)
+        )
+        self.pages_after: FreshReads[int, list[feed.ActivityView]] = FreshReads(
+            lambda after: feed.page_after(self.db, after)
+        )
         # Open streams per visitor and per client IP on this worker (MAX_STREAMS_PER_CLIENT).
         self.streams_per_key: Counter[str] = Counter()
         self.stopping = asyncio.Event()

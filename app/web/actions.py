@@ -9,7 +9,6 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from app import ratelimit
 from app.identity import Identity
-from app.presence import online
 from app.services import counter, feed, visitors
 from app.web.common import html, identity_cookie, render, runtime, visitor_of, wants_json
 from app.web.fragments import render_item
@@ -102,7 +101,7 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
     name = await visitors.rename(rt.db, who, name)
     if wants_json(request):
         return _with_identity(request, Response({"name": name}), who, new)
-    view = await online(rt.db, rt.settings.presence_expiry_seconds)
+    view = await rt.presence_reads.get(None)
     return _with_identity(
         request, html(render(request, "partials/presence.html", presence=view)), who, new
     )

@@ -15,8 +15,7 @@ from markupsafe import Markup
 
 from app import metrics
 from app.models import ACTIVITY_ID_MAX
-from app.presence import online
-from app.services import counter, feed
+from app.services import feed
 from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
 
 
@@ -31,7 +30,7 @@ def _state_headers() -> dict[str, str]:
 @get("/fragments/counter")
 async def counter_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
     metrics.FRAGMENTS_SERVED.labels("counter").inc()
-    value = await counter.current(runtime(request).db)
+    value = await runtime(request).counter_reads.get(None)
     if wants_json(request):
         return Response({"value": value}, headers=_state_headers())
     return html(
@@ -43,7 +42,7 @@ async def counter_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
 async def presence_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
     metrics.FRAGMENTS_SERVED.labels("presence").inc()
     rt = runtime(request)
-    view = await online(rt.db, rt.settings.presence_expiry_seconds)
+    view = await rt.presence_reads.get(None)
     if wants_json(request):
         return Response(
             {
@@ -150,7 +149,7 @@ async def activity_list(request: Request[Any, Any, Any]) -> Response[Any]:
     after = _cursor(request.query_params.get("after"), "after")
     before = _cursor(request.query_params.get("before"), "before")
     if after is not None:
-        items, has_older = await feed.page_after(db, after), False
+        items, has_older = await runtime(request).pages_after.get(after), False
     else:
         items, has_older = await feed.page_before(db, before)
     if wants_json(request):

@@ -7,8 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 
 from app.models import MESSAGE_MAX, NAME_MAX
-from app.presence import online
-from app.services import counter, feed, visitors
+from app.services import feed, visitors
 from app.web.common import html, identity_cookie, render, runtime, visitor_of
 from app.web.fragments import rendered_items
 
@@ -38,8 +37,8 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         request,
         "index.html",
         visitor=_Visitor(who.id.hex, name),
-        counter_value=await counter.current(rt.db),
-        presence=await online(rt.db, rt.settings.presence_expiry_seconds),
+        counter_value=await rt.counter_reads.get(None),
+        presence=await rt.presence_reads.get(None),
         rendered_items=rendered_items(request, items, generation),
         cursor=cursor,
         has_older=has_older,
