@@ -63,6 +63,9 @@ class Runtime:
         self.pages_after: FreshReads[int, list[feed.ActivityView]] = FreshReads(
             lambda after: feed.page_after(self.db, after)
         )
+        self.item_reads: FreshReads[int, feed.ActivityView | None] = FreshReads(
+            lambda item_id: feed.get(self.db, item_id)  # a new item: every page asks at once
+        )
         # Open streams per visitor and per client IP on this worker (MAX_STREAMS_PER_CLIENT).
         self.streams_per_key: Counter[str] = Counter()
         self.stopping = asyncio.Event()

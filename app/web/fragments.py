@@ -120,7 +120,7 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
         if cached is not None:
             return _item_response(request, *cached)
     try:
-        item = await feed.get(runtime(request).db, item_id)
+        item = await runtime(request).item_reads.get(item_id)
     except feed.Hidden:
         runtime(request).item_cache.forget(item_id)
         raise Gone("This item was removed by a moderator.") from None
