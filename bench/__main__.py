@@ -1,4 +1,5 @@
-"""`python -m bench run [--quick] [--sizes 100,1000,5000] ...` and `python -m bench report FILE`."""
+"""`python -m bench run [--quick] [--sizes 100,1000,5000] [--proxy nginx] ...` and
+`python -m bench report FILE`."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def main(argv: list[str] | None = None) -> int:
         help="server for Ripple's stream instance (both: compare them)",
     )
     r.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    r.add_argument(
+        "--proxy",
+        choices=["none", "nginx"],
+        default="none",
+        help="nginx: instead of the usual blocks, one 2-worker instance direct against two "
+        "1-worker instances behind nginx (sizes 100,1000,3000, item pages up to 3000)",
+    )
+    r.add_argument(
+        "--proxy-lock-timeout",
+        dest="proxy_lock_timeout_ms",
+        type=int,
+        help="nginx proxy_cache_lock_timeout in ms: what a cache-lock waiter waits (100)",
+    )
     r.add_argument("--fetch-group", type=int, help="clients sharing one fetch pool (25)")
     r.add_argument("--fetch-conns", type=int, help="keep-alive connections per pool (2)")
     r.add_argument(
@@ -69,19 +83,31 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     options = Options.quick_defaults() if args.quick else Options()
+    if args.proxy != "none":
+        from bench import procs
+
+        try:
+            procs.find_nginx()
+        except procs.ProxyMissing as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        options.use_proxy(args.proxy)
     options.admin_url = (
         args.admin_url or os.environ.get("RIPPLE_BENCH_ADMIN_URL") or options.admin_url
     )
     for name in (
         "sizes", "duration", "rate", "page_rate", "page_modes", "hammer_rate",
         "hammer_seconds", "server", "fetch_group", "fetch_conns", "quiet_below",
-        "quiet_wait", "page_max",
+        "quiet_wait", "page_max", "proxy_lock_timeout_ms",
     ):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             setattr(options, name, value)
     options.baseline = not args.no_baseline
     # SIGTERM behaves like Ctrl-C: the run cancels, stops its servers and drops its database.
+    # A shell starts background jobs with SIGINT ignored; put Python's handler back so that
+    # asyncio installs its own and the raised SIGINT is not lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         results = run(options)

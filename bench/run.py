@@ -5,6 +5,10 @@ baseline) a second one-worker instance takes every write, so each event crosses
 instances through PostgreSQL. For every stream count N a fresh stream instance is
 started (so memory per stream is measured from a clean process), N streams are
 opened, then the phases run one after another with those streams held open.
+
+With `--proxy nginx` the blocks are instead one 2-worker instance reached directly and
+two 1-worker instances behind nginx (balanced streams, cached item fragments), with
+the same phases and clients; results go under the "proxy" key.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from bench.net import Pool, now
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FEED_LOCK_KEY = 0x52_49_50_50_4C_45  # the app's feed lock (app.services.feed)
+ITEM_FRAGMENTS = 'ripple_fragment_requests_total{kind="activity"}'  # app.metrics
 
 
 @dataclass
@@ -61,6 +66,15 @@ class Options:
     quiet_wait: float = 180.0  # seconds to wait for that at most
     admin_url: str = procs.DEFAULT_ADMIN_URL
     quick: bool = False
+    proxy: str | None = None  # "nginx": the proxy blocks instead of the usual ones
+    proxy_lock_timeout_ms: int = 100  # nginx proxy_cache_lock_timeout: what a waiter waits
+
+    def use_proxy(self, proxy: str) -> None:
+        """The proxy mode's defaults (command-line options still override them)."""
+        self.proxy = proxy
+        if not self.quick:
+            self.sizes = [100, 1000, 3000]
+            self.page_max = 3000  # the fan-in the proxy absorbs is the point of the mode
 
     @classmethod
     def quick_defaults(cls) -> Options:
@@ -83,10 +97,22 @@ class Contender:
     channel: str
     writer: procs.Server | None = None
     writer_visitors: list[Visitor] = field(default_factory=list)
+    proxy: str | None = None  # "nginx": two 1-worker instances behind nginx
+    fan_in: bool = False  # count the fragment requests that reached the instances
+    lock_timeout_ms: int = 100
 
-    def stream_server(self, url: str, max_streams: int) -> procs.Server:
+    def stream_server(self, url: str, max_streams: int) -> procs.Target:
         if self.app == "baseline":
             return procs.baseline(f"{self.key}-streams", url, 2)
+        if self.proxy == "nginx":
+            return procs.ripple_behind_nginx(
+                self.key,
+                url,
+                max_streams,
+                instances=2,
+                workers=1,
+                lock_timeout_ms=self.lock_timeout_ms,
+            )
         return procs.ripple(f"{self.key}-streams", url, 2, max_streams, self.server)
 
 
@@ -193,7 +219,7 @@ class Bench:
         assert self.db is not None
         return int(await self.db.fetchval("SELECT value FROM counters WHERE id = 1"))
 
-    def cpu_snapshot(self, *servers: procs.Server) -> dict[str, float]:
+    def cpu_snapshot(self, *servers: procs.Target) -> dict[str, float]:
         mine = self.me.cpu_times()
         total = psutil.cpu_times()
         snap = {
@@ -204,6 +230,9 @@ class Bench:
         }
         for server in servers:
             snap[server.name] = server.sample()[0]
+            if isinstance(server, procs.Balanced):  # each instance and the proxy as well
+                for part in server.parts():
+                    snap[part.name] = part.sample()[0]
         return snap
 
     @staticmethod
@@ -280,6 +309,9 @@ class Bench:
 
     async def _run_all(self) -> None:
         o = self.o
+        if o.proxy:
+            await self._run_proxy()
+            return
         contenders = self.contenders()
         for c in contenders:
             if (
@@ -290,14 +322,7 @@ class Bench:
                 c.writer = next(x.writer for x in contenders if x.app == "ripple" and x.writer)
                 c.writer_visitors = next(x.writer_visitors for x in contenders if x.writer)
                 continue
-            if c.app == "ripple":
-                c.writer = procs.ripple(f"{c.app}-writer", self.url, 1, 0, "uvicorn")
-            else:
-                c.writer = procs.baseline(f"{c.app}-writer", self.url, 1)
-            c.writer.start(self.log_dir)
-            await c.writer.wait_ready()
-            c.writer_visitors = await load.get_visitors(c.writer.port, 8)
-            await self.warm_writer(c)
+            await self.start_writer(c)
         self.say("direct asyncpg references")
         self.results["throughput"]["direct_background_busy_pct"] = await self.wait_quiet()
         self.results["throughput"]["direct"] = await self.direct_reference()
@@ -308,6 +333,53 @@ class Bench:
                 self.say(f"--- {c.key}: {n} streams")
                 entry = await self.size(c, n)
                 self.results["sizes"].setdefault(str(n), {})[c.key] = entry
+
+    async def start_writer(self, c: Contender) -> None:
+        """The contender's one-worker writer instance, with its visitors, warmed."""
+        if c.app == "ripple":
+            c.writer = procs.ripple(f"{c.app}-writer", self.url, 1, 0, "uvicorn")
+        else:
+            c.writer = procs.baseline(f"{c.app}-writer", self.url, 1)
+        c.writer.start(self.log_dir)
+        await c.writer.wait_ready()
+        c.writer_visitors = await load.get_visitors(c.writer.port, 8)
+        await self.warm_writer(c)
+
+    async def _run_proxy(self) -> None:
+        """At each N: one 2-worker instance reached directly, then two 1-worker instances
+        behind nginx; open, event and item-page phases, the same clients for both."""
+        o = self.o
+        binary = procs.find_nginx()
+        direct = Contender("ripple", "ripple", "uvicorn", "ripple", fan_in=True)
+        proxied = Contender(
+            "ripple-nginx",
+            "ripple",
+            "uvicorn",
+            "ripple",
+            proxy="nginx",
+            fan_in=True,
+            lock_timeout_ms=o.proxy_lock_timeout_ms,
+        )
+        await self.start_writer(direct)
+        proxied.writer, proxied.writer_visitors = direct.writer, direct.writer_visitors
+        modes = [m for m in o.page_modes if m == "item"]
+        section: dict[str, Any] = {
+            "proxy": o.proxy,
+            "nginx_version": procs.nginx_version(binary),
+            "nginx_worker_processes": procs.NGINX_WORKER_PROCESSES,
+            "cache_lock_timeout_ms": o.proxy_lock_timeout_ms,
+            "instances": 2,
+            "workers_per_instance": 1,
+            "direct_workers": 2,
+            "page_modes": modes,
+            "sizes": {},
+        }
+        self.results["proxy"] = section
+        for n in o.sizes:
+            for c in (direct, proxied):
+                self.say(f"--- {c.key}: {n} streams")
+                entry = await self.size(c, n, modes=modes, hammer=False)
+                section["sizes"].setdefault(str(n), {})[c.key] = entry
 
     async def warm_writer(self, c: Contender) -> None:
         """One post per writer visitor, so no 'joined' item appears during a phase."""
@@ -481,19 +553,24 @@ class Bench:
 
     # -- one stream count -------------------------------------------------------------
 
-    async def size(self, c: Contender, n: int) -> dict[str, Any]:
+    async def size(
+        self, c: Contender, n: int, modes: list[str] | None = None, hammer: bool = True
+    ) -> dict[str, Any]:
         o = self.o
         assert c.writer is not None
+        modes = o.page_modes if modes is None else modes
         server = c.stream_server(self.url, n)
-        server.start(self.log_dir)
+        proxy = server.proxy if isinstance(server, procs.Balanced) else None
         streams: list[net.SseStream] = []
         entry: dict[str, Any] = {}
         try:
+            server.start(self.log_dir)
             background = await self.wait_quiet()
             await server.wait_ready()
             visitors = await load.get_visitors(server.port, min(o.visitors, n))
             await asyncio.sleep(1.0)
             cpu0, rss0 = server.sample()
+            proxy_rss0 = proxy.sample()[1] if proxy else 0
             cursor = await self.newest_id()
             cookies = [visitors[i % len(visitors)].cookie for i in range(n)]
             requests = [
@@ -516,6 +593,7 @@ class Bench:
             ramp = now() - t0
             await asyncio.sleep(3.0)  # presence joins and their events settle
             cpu1, rss1 = server.sample()
+            proxy_rss1 = proxy.sample()[1] if proxy else 0
             await asyncio.sleep(2.0)  # the instance's own cost of holding the streams idle
             self.idle_cpu_rate = (server.sample()[0] - cpu1) / 2.0
             live = [s.status == 200 and not s.closed for s in streams]
@@ -532,20 +610,36 @@ class Bench:
                 "background_busy_pct": background,
                 "idle_cpu_pct": round(100 * self.idle_cpu_rate, 1),
             }
+            if proxy:
+                entry["open"].update(
+                    proxy_rss_before_mib=round(proxy_rss0 / 2**20, 1),
+                    proxy_rss_with_mib=round(proxy_rss1 / 2**20, 1),
+                    proxy_kib_per_stream=round(
+                        (proxy_rss1 - proxy_rss0) / 1024 / max(1, sum(live)), 2
+                    ),
+                )
+            if c.fan_in:
+                entry["instances"] = await self.stream_split(server)
             self.say(f"{c.key}: opened {sum(live)}/{n} in {ramp:.1f} s; {entry['open']}")
+            if "instances" in entry:
+                self.say(f"{c.key}: streams per instance {entry['instances']}")
             entry["event"] = await self.latency_phase(c, server, recorder, live, None, o.rate)
-            for mode in o.page_modes if n <= o.page_max else []:
+            for mode in modes if n <= o.page_max else []:
                 recorder.pools = [
                     await self.pool(server.port, o.fetch_conns) for _ in range(groups)
                 ]
                 try:
-                    entry[f"page_{mode}"] = await self.latency_phase(
+                    marks = await self.fragment_marks(server) if c.fan_in else None
+                    entry[f"page_{mode}"] = page = await self.latency_phase(
                         c, server, recorder, live, mode, o.page_rate
                     )
+                    if marks is not None:
+                        page["fan_in"] = await self.fan_in(server, marks, recorder, page)
+                        self.say(f"{c.key} page/{mode} fan-in: {page['fan_in']}")
                 finally:
                     for p in recorder.pools:
                         p.close()
-            if c.app == "ripple" or n <= o.baseline_hammer_max:
+            if hammer and (c.app == "ripple" or n <= o.baseline_hammer_max):
                 recorder.pools = [
                     await self.pool(server.port, o.fetch_conns) for _ in range(groups)
                 ]
@@ -564,10 +658,72 @@ class Bench:
             server.stop()
         return entry
 
+    # -- through a proxy: where the streams landed, what reached the instances ------------
+
+    @staticmethod
+    def _instances(server: procs.Target) -> list[procs.Server]:
+        return server.instances if isinstance(server, procs.Balanced) else [server]
+
+    async def stream_split(self, server: procs.Target) -> list[dict[str, Any]]:
+        """Each instance's own count of its open streams (its /metrics gauge)."""
+        found = []
+        for instance in self._instances(server):
+            metrics = await procs.scrape_metrics(instance.port)
+            found.append(
+                {
+                    "name": instance.name,
+                    "workers": instance.workers,
+                    "open_streams": int(metrics.get("ripple_open_streams", -1)),
+                    "streams_opened": int(metrics.get("ripple_streams_opened_total", -1)),
+                }
+            )
+        return found
+
+    async def fragment_marks(self, server: procs.Target) -> dict[str, Any]:
+        """Item fragments each instance has answered so far, and the proxy log's length."""
+        counts = {}
+        for instance in self._instances(server):
+            metrics = await procs.scrape_metrics(instance.port)
+            counts[instance.name] = metrics.get(ITEM_FRAGMENTS, 0.0)
+        log = server.proxy.log_size() if isinstance(server, procs.Balanced) else 0
+        return {"instances": counts, "log": log}
+
+    async def fan_in(
+        self,
+        server: procs.Target,
+        before: dict[str, Any],
+        recorder: Recorder,
+        page: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Item fetches the clients made against those that reached an instance."""
+        await asyncio.sleep(0.5)  # nginx logs a request just after its answer went out
+        after = await self.fragment_marks(server)
+        reached = {
+            name: round(after["instances"][name] - count)
+            for name, count in before["instances"].items()
+        }
+        total = sum(reached.values())
+        items = page.get("fragment", {}).get("items") or 0
+        out: dict[str, Any] = {
+            "client_requests": recorder.frag_sent,
+            "client_failed": recorder.frag_failed,
+            "items": items,
+            "reached_instances": total,
+            "per_instance": reached,
+            "absorbed_x": round(recorder.frag_sent / total, 1) if total else None,
+            "instance_requests_per_item": round(total / items, 2) if items else None,
+        }
+        if isinstance(server, procs.Balanced):
+            logged = server.proxy.cache_statuses(before["log"])
+            out["proxy_log"] = logged
+            hits = logged["cache"].get("HIT", 0)
+            out["proxy_hit_ratio"] = round(hits / max(1, sum(logged["cache"].values())), 4)
+        return out
+
     async def latency_phase(
         self,
         c: Contender,
-        server: procs.Server,
+        server: procs.Target,
         recorder: Recorder,
         live: list[bool],
         mode: str | None,
@@ -626,6 +782,13 @@ class Bench:
         frames = out["event"].get("received", 0)
         busy = out["cpu"][f"{server.name}_cpu_s"] - self.idle_cpu_rate * out["cpu"]["wall_s"]
         out["cpu"]["server_us_per_frame"] = round(1e6 * max(0.0, busy) / max(1, frames), 2)
+        if isinstance(server, procs.Balanced):  # the proxy's CPU, not in the above
+            proxy_cpu = out["cpu"].get(f"{server.proxy.name}_cpu_s", 0.0)
+            out["cpu"]["proxy_us_per_frame"] = round(1e6 * proxy_cpu / max(1, frames), 2)
+            if mode:
+                out["cpu"]["proxy_us_per_fragment"] = round(
+                    1e6 * proxy_cpu / max(1, recorder.frag_sent), 2
+                )
         if mode:
             frag = stats.delivery(sent_at, recorder.frag_ids, recorder.frag_times, live)
             span = max(1e-9, recorder.frag_last - recorder.frag_first)
@@ -647,7 +810,7 @@ class Bench:
         return out
 
     async def hammer(
-        self, c: Contender, server: procs.Server, recorder: Recorder, live: list[bool]
+        self, c: Contender, server: procs.Target, recorder: Recorder, live: list[bool]
     ) -> dict[str, Any]:
         o = self.o
         assert c.writer is not None
