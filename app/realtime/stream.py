@@ -65,11 +65,12 @@ async def pump(
                 sub.send_started = 0.0
             if sub.sampled and oldest:
                 metrics.NOTIFY_TO_SEND.observe(time.monotonic() - oldest)
-        sub.abandon_inflight()
+        sub.abandon_inflight()  # closed while a direct write waited: that frame is moot
         if not sub.disconnected:
             # Server shutting down: end cleanly; the client reconnects (to another worker).
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
+        sub.abandon_inflight()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
