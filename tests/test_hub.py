@@ -1,6 +1,8 @@
 """The in-process fan-out: bounded, coalescing, never blocking, frames encoded once."""
 
 import asyncio
+from collections.abc import Iterator
+from typing import Any
 
 from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub
 
@@ -142,3 +144,60 @@ async def test_a_broken_connection_ends_that_stream_only() -> None:
     assert healthy.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
     for sub in subs:
         hub.unsubscribe(sub)
+
+
+class OnlyNext:
+    """An iterator with `__next__` and nothing else (no generator `send` or `close`)."""
+
+    def __init__(self, steps: Iterator[object]) -> None:
+        self._steps = steps
+
+    def __iter__(self) -> "OnlyNext":
+        return self
+
+    def __next__(self) -> object:
+        return next(self._steps)
+
+
+class PlainAwaitable:
+    """What some servers' `send` returns: an awaitable whose iterator has only `__next__`
+    (no generator `send` or `close`); it waits on `gate` once if given one."""
+
+    def __init__(self, chunks: list[bytes], body: bytes, gate: asyncio.Future[None] | None):
+        self.chunks, self.body, self.gate = chunks, body, gate
+
+    def __await__(self) -> Iterator[object]:
+        return OnlyNext(self._steps())
+
+    def _steps(self) -> Iterator[object]:
+        if self.gate is not None and not self.gate.done():
+            yield self.gate
+        self.chunks.append(self.body)
+
+
+async def test_a_send_that_returns_a_plain_awaitable_is_stepped_the_same_way() -> None:
+    hub = Hub()
+    chunks: list[bytes] = []
+    gates: list[asyncio.Future[None]] = []
+
+    def send(message: dict[str, Any]) -> PlainAwaitable:
+        gate = asyncio.get_running_loop().create_future() if gates == [] else None
+        if gate is not None:
+            gates.append(gate)
+        return PlainAwaitable(chunks, message["body"], gate)
+
+    sub = hub.subscribe()
+    sub.attach(send)  # type: ignore[arg-type]
+    hub.publish(Event(ACTIVITY, "1"))  # waits on its gate: handed to the stream's task
+    assert chunks == []
+    finishing = asyncio.create_task(sub.finish_inflight())
+    await asyncio.sleep(0)
+    gates[0].set_result(None)
+    await asyncio.wait_for(finishing, 1)
+    hub.publish(Event(ACTIVITY, "2"))  # completes at once, from the fan-out loop
+    assert chunks == [
+        b"event: activity\nid: 1\ndata: 1\n\n",
+        b"event: activity\nid: 2\ndata: 2\n\n",
+    ]
+    assert not sub.closed
+    hub.unsubscribe(sub)

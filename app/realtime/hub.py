@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Iterator
 from typing import Any
 
 from litestar.types import Send
@@ -26,6 +26,13 @@ from app.realtime.events import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event
 log = logging.getLogger("ripple.stream")
 
 _ids = itertools.count(1)
+
+
+def _close(steps: Iterator[Any]) -> None:
+    """Stop a half-done send (a coroutine gets GeneratorExit at its await)."""
+    close = getattr(steps, "close", None)
+    if close is not None:
+        close()
 
 
 class Subscription:
@@ -67,7 +74,7 @@ class Subscription:
         self._send: Send | None = None  # set once the stream's first frames are out
         self.writing = False  # the stream's task is in a send of its own
         # A direct write the server could not finish at once: (its steps, what it awaits).
-        self._inflight: tuple[Generator[Any, None, None], Any] | None = None
+        self._inflight: tuple[Iterator[Any], Any] | None = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -97,9 +104,11 @@ class Subscription:
         """
         assert self._send is not None
         message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        # Any awaitable, stepped as an event loop steps it: a coroutine (uvicorn) or a
+        # server's own awaitable (granian's has no `send`, only `__next__`).
         steps = self._send(message).__await__()  # type: ignore[arg-type]
         try:
-            awaiting = steps.send(None)
+            awaiting = next(steps)
         except StopIteration:
             if self.sampled:
                 metrics.NOTIFY_TO_SEND.observe(time.monotonic() - received)
@@ -125,18 +134,18 @@ class Subscription:
                 else:  # a bare yield: give the loop one turn
                     await asyncio.sleep(0)
                 try:
-                    awaiting = steps.send(None)
+                    awaiting = next(steps)
                 except StopIteration:
                     return
         finally:
             self._inflight = None
             self.send_started = 0.0
-            steps.close()
+            _close(steps)
 
     def abandon_inflight(self) -> None:
         """The stream is over: drop a direct write still waiting."""
         if self._inflight is not None:
-            self._inflight[0].close()
+            _close(self._inflight[0])
             self._inflight = None
 
     def offer_activity(
