@@ -151,6 +151,44 @@ async def test_client_that_stops_reading_never_holds_back_the_others(
             await _close(readers)
 
 
+async def test_a_client_that_falls_behind_is_held_to_the_send_timeout_then_closed_cleanly(
+    app_server: AppServerFactory, database_url: str
+) -> None:
+    """Back-pressure for real: a burst on the bus far larger than a stalled client's socket
+    buffers makes the server's send wait; the stream waits for it (no error) until the send
+    timeout, then the watchdog closes it, and the worker goes on serving."""
+    knobs = {"RIPPLE_SEND_TIMEOUT_SECONDS": "1.5", "RIPPLE_PING_SECONDS": "0.5"}
+    server = await asyncio.to_thread(app_server, knobs, workers=1)
+    base = server.base_url
+    closed_before = await metric(base, "ripple_slow_streams_closed_total")
+    async with await StalledStream.open(base) as stalled:
+        assert stalled.status == 200
+        # About 9 MB of frames (the kernel lets a socket buffer grow to 4 MB), straight on
+        # the bus, with ids far above any real item.
+        await database.execute(
+            database_url,
+            "SELECT pg_notify('ripple', 'activity:' || g) FROM generate_series(900001, 1100000) g",
+        )
+        await eventually(
+            lambda: metric(base, "ripple_slow_streams_closed_total"),
+            lambda closed: closed >= closed_before + 1,
+            20,
+        )
+    log = server.log_text()
+    assert "Exception in ASGI application" not in log, server.log_tail()
+    assert "RuntimeError" not in log, server.log_tail()
+    assert server.worker_pids()
+    assert server.running
+    # The worker still serves streams and delivers.
+    async with await Visitor.arrive(base) as visitor:
+        (stream,) = await _open_streams(base, 1)
+        try:
+            item = (await visitor.post("after the stall")).json()["id"]
+            await stream.wait_for_event("activity", str(item), timeout=10)
+        finally:
+            await stream.aclose()
+
+
 async def test_dropped_streams_release_stream_slots_and_presence(
     app_server: AppServerFactory,
 ) -> None:

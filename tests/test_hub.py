@@ -122,8 +122,12 @@ async def test_a_write_that_must_wait_is_finished_by_the_stream_and_later_frames
     assert sub.send_started > 0  # the watchdog can see the stuck send
     waiter = asyncio.create_task(sub.wait())
     await asyncio.wait_for(waiter, 1)  # the stream's task is woken to finish it
+    finishing = asyncio.create_task(sub.finish_inflight())
+    for _ in range(5):  # it waits, as a server's send waits for the client to read
+        await asyncio.sleep(0)
+    assert not finishing.done()
     send.gate.set()
-    await asyncio.wait_for(sub.finish_inflight(), 1)
+    await asyncio.wait_for(finishing, 1)
     assert send.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
     assert sub.send_started == 0.0
     chunk, _ = sub.take()
@@ -170,8 +174,8 @@ class PlainAwaitable:
         return OnlyNext(self._steps())
 
     def _steps(self) -> Iterator[object]:
-        if self.gate is not None and not self.gate.done():
-            yield self.gate
+        if self.gate is not None:
+            yield from self.gate.__await__()  # marks the future as awaited, as `await` does
         self.chunks.append(self.body)
 
 
@@ -191,7 +195,9 @@ async def test_a_send_that_returns_a_plain_awaitable_is_stepped_the_same_way() -
     hub.publish(Event(ACTIVITY, "1"))  # waits on its gate: handed to the stream's task
     assert chunks == []
     finishing = asyncio.create_task(sub.finish_inflight())
-    await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not finishing.done()
     gates[0].set_result(None)
     await asyncio.wait_for(finishing, 1)
     hub.publish(Event(ACTIVITY, "2"))  # completes at once, from the fan-out loop

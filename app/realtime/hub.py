@@ -130,12 +130,19 @@ class Subscription:
         try:
             while True:
                 if asyncio.isfuture(awaiting):
-                    await awaiting
+                    # Not `await awaiting`: the future was yielded by the send (which marks it
+                    # as awaited) and no task took it, so awaiting it again is refused.
+                    await asyncio.wait({awaiting})
                 else:  # a bare yield: give the loop one turn
                     await asyncio.sleep(0)
                 try:
                     awaiting = next(steps)
                 except StopIteration:
+                    return
+                except Exception as exc:  # as in write_now: this stream only
+                    log.info("stream write failed: %s", type(exc).__name__)
+                    self.disconnected = True
+                    self.close()
                     return
         finally:
             self._inflight = None

@@ -70,6 +70,7 @@ async def pump(
             # Server shutting down: end cleanly; the client reconnects (to another worker).
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
+        sub.close()  # before anything awaits: the hub must not write to a finished response
         sub.abandon_inflight()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -45,7 +45,6 @@ def hot_paths(app: Litestar) -> ASGIApp:
     rt: Runtime = app.state.runtime
     security = list(security_header_pairs(rt.settings.production))
     fixed: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"text/html; charset=utf-8"),
         (b"cache-control", ITEM_CACHE_CONTROL.encode()),
         (b"vary", FRAGMENT_VARY.encode()),
         *security,
@@ -74,6 +73,7 @@ def hot_paths(app: Litestar) -> ASGIApp:
         if if_none_match == etag.encode():
             await _answer(send, 304, headers, b"")
         else:
+            headers.append((b"content-type", b"text/html; charset=utf-8"))
             headers.append((b"content-length", str(len(body)).encode()))
             await _answer(send, 200, headers, body)
         return True
