@@ -48,9 +48,17 @@
     return id ? $(id) : null;
   }
 
+  // A message names who set it: a success clears only its own, except a user's write (a
+  // form or button that posts), which clears the area. A background refresh sharing the
+  // area (the presence list beside the name form) must not wipe "Too many requests".
   function showError(elt, text) {
     const area = errorArea(elt);
-    if (area) area.textContent = text;
+    if (!area) return;
+    const from = elt.closest('[data-errors]');
+    const write = from.hasAttribute('hx-post');
+    if (!text && area.dataset.from && area.dataset.from !== from.id && !write) return;
+    area.textContent = text;
+    area.dataset.from = text ? from.id : '';
   }
 
   // ---------------------------------------------------------------- "you" and relative times

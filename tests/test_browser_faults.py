@@ -173,6 +173,12 @@ async def test_rate_limited_writes_say_when_to_retry(web: Web, app_server: Serve
         re.compile(r"^Too many requests\. Try again in \d+ s\.$")
     )
     await expect(a.person(a_id).locator(".person-name")).to_have_text(last_ok)
+    # Someone joins: a's presence list refreshes, and the form's message stays.
+    c = await web.open(server.base_url, "c")
+    await expect(a.person(await c.visitor_id())).to_be_visible()
+    await expect(a.page.locator("#name-error")).to_have_text(
+        re.compile(r"^Too many requests\. Try again in \d+ s\.$")
+    )
     await _widgets_intact(a)
 
     posted: list[int] = []
