@@ -114,9 +114,7 @@ class Subscription:
                 metrics.NOTIFY_TO_SEND.observe(time.monotonic() - received)
             return
         except Exception as exc:  # the connection is gone or broken: end this stream only
-            log.info("stream write failed: %s", type(exc).__name__)
-            self.disconnected = True
-            self.close()
+            self._write_failed(exc)
             return
         self._inflight = (steps, awaiting)
         self.send_started = time.monotonic()
@@ -139,15 +137,18 @@ class Subscription:
                     awaiting = next(steps)
                 except StopIteration:
                     return
-                except Exception as exc:  # as in write_now: this stream only
-                    log.info("stream write failed: %s", type(exc).__name__)
-                    self.disconnected = True
-                    self.close()
+                except Exception as exc:
+                    self._write_failed(exc)
                     return
         finally:
             self._inflight = None
             self.send_started = 0.0
             _close(steps)
+
+    def _write_failed(self, exc: Exception) -> None:
+        log.info("stream write failed: %s", type(exc).__name__)
+        self.disconnected = True
+        self.close()
 
     def abandon_inflight(self) -> None:
         """The stream is over: drop a direct write still waiting."""

@@ -39,7 +39,7 @@ async def pump(
     send: Send,
     receive: Receive,
     first: bytes,
-    headers: list[tuple[bytes, bytes]] = STREAM_HEADERS,
+    headers: list[tuple[bytes, bytes]],
 ) -> None:
     """Send `headers` and `first`, then whatever the hub buffers, until closed or
     disconnected."""

@@ -96,14 +96,15 @@ def rendered_items(
     ]
 
 
-ITEM_CACHE_CONTROL = "public, max-age=300, immutable"
+# An item never changes, so a CDN may keep it; hiding one is rare and pages learn of it
+# through `resync` and the uncached lists, so five minutes of a cached copy is the cost.
+# (app.web.hotpaths answers cached items with these same headers.)
+ITEM_HEADERS = {"vary": FRAGMENT_VARY, "cache-control": "public, max-age=300, immutable"}
 
 
 def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> Response[Any]:
     metrics.FRAGMENTS_SERVED.labels("activity").inc()
-    # An item never changes, so a CDN may keep it; hiding one is rare and pages learn of it
-    # through `resync` and the uncached lists, so five minutes of a cached copy is the cost.
-    headers = {"etag": etag, "vary": FRAGMENT_VARY, "cache-control": ITEM_CACHE_CONTROL}
+    headers = {"etag": etag, **ITEM_HEADERS}
     if request.headers.get("if-none-match") == etag:
         return Response(content=b"", status_code=304, headers=headers)
     return html(body, headers=headers)

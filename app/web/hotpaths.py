@@ -27,9 +27,8 @@ from litestar.types import (
 from app import metrics
 from app.models import ACTIVITY_ID_MAX
 from app.runtime import Runtime
-from app.web.common import FRAGMENT_VARY
 from app.web.events import serve_stream
-from app.web.fragments import ITEM_CACHE_CONTROL
+from app.web.fragments import ITEM_HEADERS
 from app.web.security import security_header_pairs
 
 ITEM_PATH = re.compile(r"/fragments/activity/([1-9][0-9]{0,18})")
@@ -43,12 +42,9 @@ async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 def hot_paths(app: Litestar) -> ASGIApp:
     """The ASGI app the server runs: `app`, with `/events` and cached items answered first."""
     rt: Runtime = app.state.runtime
-    security = list(security_header_pairs(rt.settings.production))
-    fixed: list[tuple[bytes, bytes]] = [
-        (b"cache-control", ITEM_CACHE_CONTROL.encode()),
-        (b"vary", FRAGMENT_VARY.encode()),
-        *security,
-    ]
+    fixed = [(name.encode(), value.encode()) for name, value in ITEM_HEADERS.items()]
+    fixed += security_header_pairs(rt.settings.production)
+    served = metrics.FRAGMENTS_SERVED.labels("activity")  # the label looked up once
 
     async def cached_item(scope: HTTPScope, send: Send) -> bool:
         """Answer from this worker's rendered items; False if it is not there."""
@@ -68,7 +64,7 @@ def hot_paths(app: Litestar) -> ASGIApp:
         if cached is None:
             return False
         body, etag = cached
-        metrics.FRAGMENTS_SERVED.labels("activity").inc()
+        served.inc()
         headers: list[tuple[bytes, bytes]] = [(b"etag", etag.encode()), *fixed]
         if if_none_match == etag.encode():
             await _answer(send, 304, headers, b"")
