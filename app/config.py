@@ -11,6 +11,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 NOTIFY_CHANNEL = "ripple"  # the one LISTEN/NOTIFY channel every instance shares
 DEV_SECRET = "ripple-development-secret"  # noqa: S105 - refused in production below
+MIN_SECRET_LENGTH = 32
+MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"  # noqa: S105
 
 # sslmode values libpq understands; asyncpg takes the same words through `ssl=`.
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -62,6 +64,24 @@ class DatabaseUrl:
         return urlsplit(self.asyncpg_dsn).path.lstrip("/")
 
 
+def _derive(secret: str) -> bytes:
+    return hashlib.sha256(b"ripple-signing:" + secret.encode()).digest()
+
+
+def _check_production_secret(secret: str, name: str) -> None:
+    """Production refuses the development key and short keys, and says how to make one."""
+    if secret == DEV_SECRET:
+        problem = "is not set (or is the development key)"
+    elif len(secret) < MIN_SECRET_LENGTH:
+        problem = f"is {len(secret)} characters long; at least {MIN_SECRET_LENGTH} are needed"
+    else:
+        return
+    raise ConfigError(
+        f"{name} {problem}: refusing to start with APP_ENV=production. "
+        f"Make one with: {MAKE_A_SECRET}"
+    )
+
+
 Number = TypeVar("Number", int, float)
 
 
@@ -97,6 +117,7 @@ class Settings:
     listen_database: DatabaseUrl
     database_is_pooled: bool
     secret_key: str
+    secret_key_fallbacks: tuple[str, ...] = ()
     production: bool = False
     port: int = 8000
     web_concurrency: int = 2
@@ -104,6 +125,8 @@ class Settings:
     max_streams_per_client: int = 32
     max_streams_per_worker: int = 10_000
     forwarded_allow_ips: str = "127.0.0.1"
+    proxy_hops: int = 1
+    metrics_token: str = ""
     instance_id: str = "local"
     # Tuning knobs (README): tests shorten them.
     ping_seconds: float = 15.0
@@ -115,8 +138,13 @@ class Settings:
 
     @property
     def signing_key(self) -> bytes:
-        """A fixed-length key derived from SECRET_KEY of any length."""
-        return hashlib.sha256(b"ripple-signing:" + self.secret_key.encode()).digest()
+        """The key that signs: derived from SECRET_KEY (any length gives a fixed-length key)."""
+        return _derive(self.secret_key)
+
+    @property
+    def verifying_keys(self) -> tuple[bytes, ...]:
+        """Keys that verify, newest first: SECRET_KEY, then SECRET_KEY_FALLBACKS."""
+        return (self.signing_key, *(_derive(old) for old in self.secret_key_fallbacks))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,14 +153,12 @@ class Settings:
         if app_env not in {"development", "production"}:
             raise ConfigError(f"APP_ENV must be 'development' or 'production', got {app_env!r}")
         production = app_env == "production"
-        secret = env.get("SECRET_KEY", "")
-        if not secret:
-            if production:
-                raise ConfigError(
-                    "SECRET_KEY is not set: refusing to start with APP_ENV=production. "
-                    "Set SECRET_KEY to a long random string."
-                )
-            secret = DEV_SECRET
+        secret = env.get("SECRET_KEY", "") or DEV_SECRET
+        if production:
+            _check_production_secret(secret, "SECRET_KEY")
+        fallbacks = tuple(
+            key.strip() for key in env.get("SECRET_KEY_FALLBACKS", "").split(",") if key.strip()
+        )
         raw_url = env.get("DATABASE_URL", "").strip()
         if not raw_url:
             raise ConfigError(
@@ -147,6 +173,7 @@ class Settings:
             # then no server-side prepared statements may outlive a transaction.
             database_is_pooled=raw_unpooled != raw_url,
             secret_key=secret,
+            secret_key_fallbacks=fallbacks,
             production=production,
             port=_int(env, "PORT", 8000, 1),
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, 1),
@@ -154,6 +181,8 @@ class Settings:
             max_streams_per_client=_int(env, "MAX_STREAMS_PER_CLIENT", 32),
             max_streams_per_worker=_int(env, "MAX_STREAMS_PER_WORKER", 10_000, 1),
             forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            proxy_hops=_int(env, "PROXY_HOPS", 1, 1),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             instance_id=env.get("RIPPLE_INSTANCE_ID", "local"),
             ping_seconds=_float(env, "RIPPLE_PING_SECONDS", 15.0, 0.1),
             heartbeat_seconds=_float(env, "RIPPLE_HEARTBEAT_SECONDS", 5.0, 0.1),

@@ -134,8 +134,8 @@ def main() -> None:
             host="0.0.0.0",  # noqa: S104 - a PaaS routes to the container's port
             port=settings.port,
             workers=settings.web_concurrency,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
+            # The front door reads X-Forwarded-For itself (PROXY_HOPS; app.web.frontdoor).
+            proxy_headers=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             log_level="info",
             access_log=False,
