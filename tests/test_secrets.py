@@ -133,3 +133,22 @@ async def test_an_unsigned_csrf_cookie_is_replaced_by_the_next_page_or_state_get
         again = await client.get("/fragments/presence")
         assert "set-cookie" not in again.headers
         assert client.cookies["csrftoken"] == kept
+
+
+async def test_a_plain_form_post_may_carry_the_token_in_a_hidden_field(
+    app_server: Callable[..., AppServer],
+) -> None:
+    server = await asyncio.to_thread(app_server, workers=1)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        page = await client.get("/")
+        token = client.cookies["csrftoken"]
+        assert f'name="csrf_token" value="{token}"' in page.text
+        accepted = await client.post(
+            "/activity", data={"message": "no script here", "csrf_token": token}
+        )
+        assert accepted.status_code in {201, 303}, accepted.text
+        for wrong in ["", "x", token + "x", "é"]:
+            refused = await client.post(
+                "/activity", data={"message": "forged", "csrf_token": wrong}
+            )
+            assert refused.status_code == 403, (wrong, refused.text)

@@ -8,6 +8,7 @@ from litestar import Request, Response, get
 
 from app.models import MESSAGE_MAX, NAME_MAX
 from app.services import feed, visitors
+from app.web import csrf
 from app.web.common import html, identity_cookie, render, runtime, visitor_of
 from app.web.fragments import rendered_items
 from app.web.security import Kind, kind_headers
@@ -45,6 +46,7 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         has_older=has_older,
         limits=_Limits,
         stream_url=f"/events?last_event_id={cursor}",
+        csrf_token=csrf.token_of(request.scope),
     )
     response = html(body, headers=kind_headers(Kind.PAGE))
     if needs_cookie:
