@@ -162,9 +162,11 @@ async def test_both_spellings_connect_to_the_read_write_host_whatever_the_order(
                 await engine.dispose()
 
 
+@pytest.mark.parametrize("stop_mode", ["fast", "immediate"])
 async def test_promoted_standby_takes_over_streams_writes_and_pages(
-    app_server: AppServerFactory, pair: tuple[PgCluster, PgCluster]
+    pair: tuple[PgCluster, PgCluster], app_server: AppServerFactory, stop_mode: str
 ) -> None:
+    """Promote, then stop the old primary (``immediate``: as if it crashed)."""
     primary, standby = pair
     await _migrated(primary, standby)
     server = await asyncio.to_thread(
@@ -191,15 +193,15 @@ async def test_promoted_standby_takes_over_streams_writes_and_pages(
             assert (await visitor.increment()).status_code == 200
 
             started = time.monotonic()
-            await primary.astop("fast")
+            await primary.astop(stop_mode)
             stopped_after = time.monotonic() - started
 
             await asyncio.gather(*(s.wait_for_event("resync", timeout=20) for s in streams))
             assert not [s for s in streams if s.closed]
             new_id, resumed_after = await _first_write_on(standby, visitor, started, "after")
             print(
-                f"\nfailover: primary stopped in {stopped_after:.2f} s; first write on the "
-                f"new primary {resumed_after:.2f} s after the stop began"
+                f"\nfailover ({stop_mode}): primary stopped in {stopped_after:.2f} s; "
+                f"first write on the new primary {resumed_after:.2f} s after the stop began"
             )
             assert resumed_after < WRITES_RESUME_WITHIN
             await asyncio.gather(
@@ -219,7 +221,7 @@ async def test_promoted_standby_takes_over_streams_writes_and_pages(
 
 
 async def test_fenced_old_primary_loses_the_pool_and_the_listener(
-    app_server: AppServerFactory, pair: tuple[PgCluster, PgCluster]
+    pair: tuple[PgCluster, PgCluster], app_server: AppServerFactory
 ) -> None:
     """The old primary keeps running but is fenced read-only (as failover managers do):
     nothing breaks the connections to it, so only noticing read-only moves them."""
