@@ -254,13 +254,16 @@ class Settings:
                 "DATABASE_URL is not set (run through `python -m app serve`, which starts "
                 "an embedded PostgreSQL for development when it is unset)"
             )
-        raw_unpooled = env.get("DATABASE_URL_UNPOOLED", "").strip() or raw_url
+        database = DatabaseUrl.parse(raw_url)
+        raw_unpooled = env.get("DATABASE_URL_UNPOOLED", "").strip()
+        listen_database = DatabaseUrl.parse(raw_unpooled) if raw_unpooled else database
         return cls(
-            database=DatabaseUrl.parse(raw_url),
-            listen_database=DatabaseUrl.parse(raw_unpooled),
+            database=database,
+            listen_database=listen_database,
             # A distinct unpooled URL means DATABASE_URL may be a transaction pooler:
-            # then no server-side prepared statements may outlive a transaction.
-            database_is_pooled=raw_unpooled != raw_url,
+            # then no server-side prepared statements may outlive a transaction. Compared
+            # parsed, so the same server spelled two ways is not taken for a pooler.
+            database_is_pooled=listen_database != database,
             secret_key=secret,
             secret_key_fallbacks=fallbacks,
             production=production,

@@ -69,6 +69,11 @@ def test_pooled_url_is_recognised_by_a_distinct_unpooled_url() -> None:
     )
     assert split.database_is_pooled
     assert split.listen_database.asyncpg_dsn == "postgresql://h/db"
+    # The same server spelled another way is not a pooler (the statement cache stays on).
+    spelled = Settings.from_env(
+        {"DATABASE_URL": "postgres://h/db", "DATABASE_URL_UNPOOLED": "postgresql+asyncpg://h/db"}
+    )
+    assert not spelled.database_is_pooled
 
 
 def test_frames_are_well_formed_and_refuse_line_breaks() -> None:
