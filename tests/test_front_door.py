@@ -14,6 +14,7 @@ import httpx
 import pytest
 from support import database
 from support.paths import REPO_ROOT
+from support.probes import metric
 from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor
@@ -149,6 +150,8 @@ async def test_a_database_outage_answers_503_with_the_security_headers(
         assert answer.status_code == 503, answer.text
         assert "retry-after" in answer.headers
         assert_secured(answer.headers, "503")
+        # Every fault shows in /metrics (which needs no database).
+        assert await metric(server.base_url, "ripple_database_unavailable_total") >= 1
 
 
 async def test_head_answers_every_get_route_without_a_body(door: AppServer) -> None:

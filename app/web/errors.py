@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import Send
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import metrics
 from app.web.security import Kind, kind_headers, kind_pairs
 
 log = logging.getLogger("ripple.errors")
@@ -151,6 +152,7 @@ def log_database_outage(method: str, path: str, exc: BaseException) -> None:
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if is_database_outage(exc):
+        metrics.DATABASE_UNAVAILABLE.inc()
         log_database_outage(request.method, request.url.path, exc)
         return error_response(request, 503, DATABASE_UNAVAILABLE, {"retry-after": "2"})
     log.exception("unhandled error during %s %s", request.method, request.url.path)
