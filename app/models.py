@@ -57,7 +57,8 @@ class Visitor(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX), nullable=False)
     # NFKC, case-folded: what two visible names must not share (app.services.visitors.name_key).
-    name_key: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    # A row written outside the app (a script, a benchmark) gets "", which matches no name.
+    name_key: Mapped[str] = mapped_column(Text, nullable=False, server_default="", index=True)
     # When the visitor last chose a name: it stays reserved for a day.
     renamed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(

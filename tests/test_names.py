@@ -310,3 +310,23 @@ async def test_a_generated_name_someone_shows_gets_a_suffix(
             assert online[second.id.hex] == f"{guest} (2)"
         # A visitor cannot take the generated name of someone online either.
         _refused_as_taken(await watcher.rename(guest.lower()))
+
+
+def test_the_migration_gives_existing_visitors_their_name_key(admin_url: str) -> None:
+    url = asyncio.run(database.create_database(admin_url))
+    try:
+        database.migrate(url, "0001")
+        names = {uuid.uuid4(): name for name in ["\uff21\uff4e\uff4e", "Ann  LEE", "Stra\u00dfe"]}
+        for vid, name in names.items():
+            asyncio.run(
+                database.execute(url, "INSERT INTO visitors (id, name) VALUES ($1, $2)", vid, name)
+            )
+        database.migrate(url)
+        rows = asyncio.run(database.fetch(url, "SELECT id, name_key, renamed_at FROM visitors"))
+        assert {r["id"]: r["name_key"] for r in rows} == {
+            vid: name_key(name) for vid, name in names.items()
+        }
+        assert sorted(r["name_key"] for r in rows) == ["ann", "ann lee", "strasse"]
+        assert all(r["renamed_at"] is None for r in rows)
+    finally:
+        asyncio.run(database.drop_database(url, admin_url))

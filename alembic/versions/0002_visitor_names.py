@@ -31,18 +31,19 @@ def _name_key(name: str) -> str:
 
 
 def upgrade() -> None:
-    op.add_column("visitors", sa.Column("name_key", sa.Text(), nullable=True))
+    # "" for rows written outside the app (matches no name); existing rows get their key below.
+    op.add_column("visitors", sa.Column("name_key", sa.Text(), server_default="", nullable=False))
     op.add_column("visitors", sa.Column("renamed_at", sa.DateTime(timezone=True), nullable=True))
     visitors = sa.table(
         "visitors", sa.column("id", sa.Uuid()), sa.column("name"), sa.column("name_key")
     )
     bind = op.get_bind()
-    while True:
-        rows = bind.execute(
-            sa.select(visitors.c.id, visitors.c.name)
-            .where(visitors.c.name_key.is_(None))
-            .limit(BATCH)
-        ).all()
+    after = None
+    while True:  # in batches, by id
+        query = sa.select(visitors.c.id, visitors.c.name).order_by(visitors.c.id).limit(BATCH)
+        if after is not None:
+            query = query.where(visitors.c.id > after)
+        rows = bind.execute(query).all()
         if not rows:
             break
         bind.execute(
@@ -51,7 +52,7 @@ def upgrade() -> None:
             .values(name_key=sa.bindparam("key")),
             [{"vid": r.id, "key": _name_key(r.name)} for r in rows],
         )
-    op.alter_column("visitors", "name_key", nullable=False)
+        after = rows[-1].id
     op.create_index(op.f("ix_visitors_name_key"), "visitors", ["name_key"], unique=False)
 
 
