@@ -177,6 +177,9 @@ class PresenceTracker:
         self._streams.pop(vid, None)
         if self._unrecorded.pop(vid, None) is not None or vid in self._unlisted:
             self._unlisted.discard(vid)
+            lock = self._locks.get(vid)
+            if lock is not None and not lock.locked():
+                del self._locks[vid]  # one per watcher would otherwise stay for good
             return  # never written, nothing to take back
         self._leaving[vid] = asyncio.create_task(self._leave_later(vid))
 
