@@ -1,4 +1,11 @@
-"""What visitors may write: checked on code points, with a reason a person can read."""
+"""What visitors may write: checked on code points, with a reason a person can read.
+
+Names are NFKC-normalised (fullwidth letters, ligatures and compatibility forms become their
+plain form) and must show something: a name of invisible characters, or one carrying format
+characters or blank filler letters that could make two names look alike, is refused. Combining
+marks need a character to sit on and may stack at most MAX_MARKS_IN_A_ROW high, in names and
+messages. Whether a name is already someone else's is app.services.visitors' question.
+"""
 
 from __future__ import annotations
 
