@@ -49,12 +49,18 @@ class Counter(Base):
 
 
 class Visitor(Base):
-    """A browser identity, recorded at its first stream or first write (never by GET /)."""
+    """A browser identity, recorded at its first write, or at its first stream within its
+    address's allowance (never by GET /)."""
 
     __tablename__ = "visitors"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX), nullable=False)
+    # NFKC, case-folded: what two visible names must not share (app.services.visitors.name_key).
+    # A row written outside the app (a script, a benchmark) gets "", which matches no name.
+    name_key: Mapped[str] = mapped_column(Text, nullable=False, server_default="", index=True)
+    # When the visitor last chose a name: it stays reserved for a day.
+    renamed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
@@ -65,6 +71,7 @@ class Activity(Base):
 
     __tablename__ = "activity"
     __table_args__ = (
+        # 'joined' is no longer written (watching writes no feed item); old rows stay valid.
         CheckConstraint("kind IN ('message', 'joined', 'renamed')", name="kind"),
         CheckConstraint(f"char_length(body) <= {MESSAGE_MAX}", name="body_length"),
         Index("ix_activity_created_at", "created_at"),

@@ -979,7 +979,7 @@ async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> 
         if row["id"].hex in ledger.names:
             assert row["name"] == ledger.names[row["id"].hex]
     joined = await database.fetchval(site.db, "SELECT count(*) FROM activity WHERE kind = 'joined'")
-    assert joined == len(people)  # each visitor joined once, pruning aside (none were aged)
+    assert joined == 0  # going online is no feed item (watching makes no page fetch anything)
     # The fuzzing reached past CSRF into the validators and the writes.
     assert {200, 201, 422} <= set(WRITE_ANSWERS), WRITE_ANSWERS
 

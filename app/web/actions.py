@@ -8,7 +8,7 @@ from litestar import Request, Response, post
 
 from app import ratelimit
 from app.identity import Identity
-from app.services import counter, feed, visitors
+from app.services import counter, visitors
 from app.web.common import html, identity_cookie, render, runtime, visitor_of, wants_json
 from app.web.errors import TooManyRequests, Unprocessable
 from app.web.fragments import render_item
@@ -79,7 +79,7 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
     await _limit(request, "post", who)
     rt = runtime(request)
     generation = rt.hub.resync_generation
-    item = await feed.post(rt.db, who, message)
+    item = await visitors.post_message(rt.db, who, message)
     if wants_json(request):
         response: Response[Any] = Response({"id": item.id}, status_code=201)
     else:
@@ -96,7 +96,10 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
         raise Unprocessable(str(error)) from None
     await _limit(request, "rename", who)
     rt = runtime(request)
-    name = await visitors.rename(rt.db, who, name)
+    try:
+        name = await visitors.rename(rt.db, who, name)
+    except visitors.NameTaken as error:
+        raise Unprocessable(str(error)) from None
     if wants_json(request):
         return _with_identity(request, Response({"name": name}), who, new)
     view = await rt.presence_reads.get(None)
