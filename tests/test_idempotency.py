@@ -12,6 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from support import database
+from support.pgbouncer import PgBouncer
 from support.probes import eventually, online_ids
 from support.server import AppServer
 from support.sse import SSEClient
@@ -460,3 +461,29 @@ async def test_writes_without_a_key_are_not_recorded(visitor: Visitor, database_
     assert len(await _rows(database_url, message)) == 2
     after = await database.fetchval(database_url, "SELECT count(*) FROM idempotency_keys")
     assert after == before
+
+
+async def test_keyed_writes_through_a_transaction_pooler(
+    app_server: AppServerFactory, database_url: str, pgbouncer: Callable[..., PgBouncer]
+) -> None:
+    """Each keyed write is one transaction on one connection (its rate-limit count included),
+    so 40 at once through 3 server connections neither starve nor trip on prepared
+    statements; every key sent twice at once still writes once."""
+    bouncer = await asyncio.to_thread(pgbouncer, default_pool_size=3)
+    pooled = bouncer.url_for(database.database_name(database_url))
+    env = {"DATABASE_URL_UNPOOLED": database_url, "RATE_LIMIT_PER_MINUTE": "1000"}
+    server = await asyncio.to_thread(app_server, env, database_url=pooled, workers=2)
+    tag = _tag()
+    keys = [_key() for _ in range(20)]
+    async with await Visitor.arrive(server.base_url) as visitor:
+        twice = await asyncio.gather(
+            *(_post(visitor, f"pooled {tag} {n}", keys[n]) for n in range(20) for _ in range(2))
+        )
+        assert {r.status_code for r in twice} <= {201, 409}, [r.text for r in twice]
+        for n in range(20):
+            assert len(await _rows(database_url, f"pooled {tag} {n}")) == 1
+        for n, key in enumerate(keys):
+            first = next(r for r in twice[2 * n : 2 * n + 2] if r.status_code == 201)
+            again = await _post(visitor, "ignored", key)
+            assert again.status_code == 201
+            assert again.content == first.content

@@ -38,10 +38,10 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
     return {}
 
 
-async def _limit(request: Request[Any, Any, Any], action: str, who: Identity) -> None:
+async def _limit(request: Request[Any, Any, Any], action: str, who: Identity, db: Database) -> None:
     rt = runtime(request)
     limited = await ratelimit.check(
-        rt.db,
+        db,
         action=action,
         visitor=who.id.hex,
         ip=request.client.host if request.client else "unknown",
@@ -68,7 +68,7 @@ async def increment(request: Request[Any, Any, Any]) -> Response[Any]:
     await request.body()  # unused, but an oversized body is refused (413) like everywhere
 
     async def act(db: Database) -> Response[Any]:
-        await _limit(request, "increment", who)
+        await _limit(request, "increment", who, db)
         value = await counter.increment(db)
         if wants_json(request):
             return Response({"value": value})
@@ -86,7 +86,7 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
         raise ValidationException(str(error)) from None
 
     async def act(db: Database) -> Response[Any]:
-        await _limit(request, "post", who)
+        await _limit(request, "post", who, db)
         generation = runtime(request).hub.resync_generation
         item = await feed.post(db, who, message)
         if wants_json(request):
@@ -105,7 +105,7 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
         raise ValidationException(str(error)) from None
 
     async def act(db: Database) -> Response[Any]:
-        await _limit(request, "rename", who)
+        await _limit(request, "rename", who, db)
         rt = runtime(request)
         renamed = await visitors.rename(db, who, name)
         if wants_json(request):
