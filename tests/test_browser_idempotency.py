@@ -2,12 +2,16 @@
 until the write is settled, so a second click after a refused attempt repeats that write
 (never a second one), while a new message or a new +1 gets a new key."""
 
+import asyncio
 import uuid
+from collections.abc import Callable
 
 import pytest
 from playwright.async_api import Request, expect
 from support import database
 from support.browser import ServerFactory, Tab, Web
+from support.cluster import PgCluster
+from support.probes import eventually, health
 from support.server import AppServer
 
 pytest_plugins = ("support.browser_plugin",)
@@ -133,4 +137,47 @@ async def test_rename_sends_a_key_and_a_new_name_gets_a_new_one(
     assert len(keys) == 2
     assert all(keys), keys
     assert keys[0] != keys[1]
+    await web.finish(tab)
+
+
+@pytest.mark.slow
+async def test_clicks_after_a_database_outage_repeat_the_same_write(
+    web: Web, app_server: ServerFactory, pg_cluster: Callable[[], PgCluster]
+) -> None:
+    """The database goes away for real: Post answers 503 and the message stays; once the
+    database is back, clicking Post again (as often as it takes) sends the same key and
+    writes the message once."""
+    web.allow_network_errors()
+    cluster = await asyncio.to_thread(pg_cluster)
+    await database.execute(cluster.url, "CREATE DATABASE ripple")
+    url = cluster.url_for("ripple")
+    await asyncio.to_thread(database.migrate, url)
+    server = await asyncio.to_thread(app_server, database_url=url, workers=1)
+    tab = await web.open(server.base_url, "a")
+    posts = SentWrites(tab, "/activity")
+    message = f"through an outage {_tag()}"
+    await tab.page.fill("#post-message", message)
+
+    await asyncio.to_thread(cluster.stop, "fast")
+    await _submit(tab, 503)
+    await expect(tab.page.locator("#post-error")).to_contain_text("busy")
+    await expect(tab.page.locator("#post-message")).to_have_value(message)
+    await asyncio.to_thread(cluster.start)
+    await eventually(lambda: health(server.base_url), lambda h: h[0] == 200, 30)
+
+    statuses = []
+    for _ in range(5):  # a pooled connection from before the restart may fail one more time
+        async with tab.page.expect_response(
+            lambda r: r.url.endswith("/activity") and r.request.method == "POST"
+        ) as answer:
+            await tab.page.click("#post-submit")
+        statuses.append((await answer.value).status)
+        if statuses[-1] != 503:
+            break
+    assert statuses[-1] == 201, statuses
+    keys = await posts.keys()
+    assert keys[0], keys
+    assert set(keys) == {keys[0]}, f"every click of this one message must reuse its key: {keys}"
+    assert await _rows(url, message) == 1
+    await expect(tab.feed_items.filter(has_text=message)).to_have_count(1, timeout=10_000)
     await web.finish(tab)
