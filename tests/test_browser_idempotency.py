@@ -14,6 +14,8 @@ from support.cluster import PgCluster
 from support.probes import eventually, health
 from support.server import AppServer
 
+from app.services.feed import FEED_LOCK_KEY
+
 pytest_plugins = ("support.browser_plugin",)
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -180,4 +182,45 @@ async def test_clicks_after_a_database_outage_repeat_the_same_write(
     assert set(keys) == {keys[0]}, f"every click of this one message must reuse its key: {keys}"
     assert await _rows(url, message) == 1
     await expect(tab.feed_items.filter(has_text=message)).to_have_count(1, timeout=10_000)
+    await web.finish(tab)
+
+
+@pytest.fixture(scope="module")
+def unlimited(module_server: ServerFactory) -> AppServer:
+    return module_server(workers=2)
+
+
+async def test_a_post_that_timed_out_and_committed_later_is_not_doubled_by_the_retry(
+    web: Web, unlimited: AppServer, database_url: str
+) -> None:
+    """The fault found, in the browser: the database holds the post until the page gives up,
+    then commits it; the person's next clicks are told it is still being saved, then get the
+    committed answer, and the feed has the message once."""
+    web.allow_network_errors()
+    web.allow_console(r"htmx:error: timeout")  # htmx logs the page giving up
+    tab = await web.open(unlimited.base_url, "a")
+    posts = SentWrites(tab, "/activity")
+    message = f"timed out {_tag()}"
+    await tab.page.fill("#post-message", message)
+    await tab.page.evaluate("htmx.config.defaultTimeout = 1500")  # give up sooner than 60 s
+    holder = await database.connect(database_url)
+    await holder.execute("SELECT pg_advisory_lock($1)", FEED_LOCK_KEY)  # every post waits
+    try:
+        await tab.page.click("#post-submit")
+        await expect(tab.page.locator("#post-error")).to_contain_text("Network problem")
+        await _submit(tab, 409)  # the first attempt is still in flight on the server
+        await expect(tab.page.locator("#post-error")).to_contain_text("still being saved")
+        assert await _rows(database_url, message) == 0
+    finally:
+        await holder.close(timeout=5)  # the first attempt commits now
+    await eventually(lambda: _rows(database_url, message), lambda n: n == 1, 10)
+
+    await _submit(tab, 201)
+    await expect(tab.page.locator("#post-message")).to_have_value("")
+    await expect(tab.feed_items.filter(has_text=message)).to_have_count(1, timeout=10_000)
+    keys = await posts.keys()
+    assert len(keys) == 3
+    assert keys[0], keys
+    assert set(keys) == {keys[0]}, keys
+    assert await _rows(database_url, message) == 1
     await web.finish(tab)
