@@ -23,7 +23,7 @@ from app.freshreads import FreshReads
 from app.itemcache import ItemCache
 from app.presence import PresenceTracker, PresenceView, online
 from app.realtime import CHANNEL, Hub, Listener
-from app.services import counter, feed
+from app.services import counter, feed, idempotency
 from app.workers import WorkerRegistry, new_worker_id
 
 log = logging.getLogger("ripple.runtime")
@@ -102,6 +102,7 @@ class Runtime:
                 await self.presence.repair()
                 await self.registry.reap()
                 await ratelimit.forget_old_windows(self.db)
+                await idempotency.forget_expired(self.db)
                 queue_usage = await self._queue_usage()
                 metrics.QUEUE_USAGE.set(queue_usage)
             except Exception as exc:  # the database may be away; keep beating

@@ -37,6 +37,7 @@
     const reason = (body || '').trim().slice(0, 200);
     if (status === 403) return 'Your session has expired. Reload the page and try again.';
     if (status === 429) return `Too many requests. Try again in ${wait ?? 'a few'} s.`;
+    if (status === 409) return 'Your last try is still being saved. Try again in a moment.';
     if (status === 422) return reason || 'That was not accepted.';
     if (status >= 500) return `The server is busy. Try again in ${wait ?? 'a few'} s.`;
     return reason || `Something went wrong (${status}).`;
@@ -294,6 +295,37 @@
     if (feedScroll.scrollTop <= 24 && unseen) clearUnseen();
   }, {passive: true});
 
+  // ---------------------------------------------------------------- idempotency keys
+
+  // Every write carries an Idempotency-Key. A form keeps its key while its content is unchanged,
+  // until an answer settles the write; so a second click after a timeout, a network error, a 5xx,
+  // a 409 (the first is still in flight) or a 429 repeats that write instead of adding another.
+  // The +1 button makes a key per click: its clicks queue, and each one is another +1.
+  const formKeys = new Map();    // form id -> {key, content}
+
+  function settles(status) {
+    return (status >= 200 && status < 300)
+      || (status >= 400 && status < 500 && status !== 409 && status !== 429);
+  }
+
+  function newKey() {
+    if (crypto.randomUUID) return crypto.randomUUID();          // secure contexts only
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)),
+      (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  function idempotencyKey(elt, body) {
+    if (elt.tagName !== 'FORM') return newKey();
+    const content = new URLSearchParams(body ?? undefined).toString();
+    let entry = formKeys.get(elt.id);
+    if (entry?.content !== content) formKeys.set(elt.id, entry = {key: newKey(), content});
+    return entry.key;
+  }
+
+  function settleKey(elt, key) {
+    if (formKeys.get(elt.id)?.key === key) formKeys.delete(elt.id);
+  }
+
   // ---------------------------------------------------------------- htmx glue
 
   document.addEventListener('htmx:config:request', (e) => {
@@ -306,7 +338,12 @@
       if (problem) {
         e.preventDefault();
         showError(ctx.sourceElement, problem);
+        return;
       }
+    }
+    if (ctx.request.method === 'POST') {
+      ctx.idempotencyKey = idempotencyKey(ctx.sourceElement, ctx.request.body);
+      ctx.request.headers['Idempotency-Key'] = ctx.idempotencyKey;
     }
   });
 
@@ -316,6 +353,7 @@
     const {ctx} = e.detail;
     const elt = ctx.sourceElement;
     const status = ctx.response?.status ?? 0;
+    if (ctx.idempotencyKey && settles(status)) settleKey(elt, ctx.idempotencyKey);
     if (elt === stream.el) {
       if (status >= 400) {
         e.preventDefault();
