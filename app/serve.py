@@ -30,6 +30,7 @@ from app.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACEFUL_SHUTDOWN_SECONDS = 5
+HTTP_PROTOCOL = "app.httpprotocol:EdgeLimitedHttpToolsProtocol"  # head size cap and deadline
 
 log = logging.getLogger("ripple.serve")
 
@@ -134,6 +135,8 @@ def main() -> None:
             host="0.0.0.0",  # noqa: S104 - a PaaS routes to the container's port
             port=settings.port,
             workers=settings.web_concurrency,
+            # By name: each worker imports it and reads its limits from the inherited env.
+            http=HTTP_PROTOCOL,
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
