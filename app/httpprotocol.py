@@ -220,6 +220,7 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             pairs = [
                 *self.server_state.default_headers,
                 *self._security_headers,
+                (b"cache-control", b"no-store"),
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode("ascii")),
                 (b"connection", b"close"),

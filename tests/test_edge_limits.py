@@ -17,7 +17,7 @@ from support.server import AppServer
 from support.sse import SSEClient, named
 from support.visitors import Visitor
 
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.web.security import SECURITY_HEADERS
 
 HEADER_TIMEOUT = 2.0
@@ -93,6 +93,7 @@ async def test_a_head_one_byte_over_the_cap_gets_431_with_the_security_headers(
             assert response.status == 431
             assert response.headers["connection"] == "close"
             assert response.headers["content-type"].startswith("text/plain")
+            assert response.headers["cache-control"] == "no-store"
             assert response.body == b"Request header fields too large.\n"
             assert_security_headers(response)
             assert await conn.wait_closed(5) is not None
@@ -237,3 +238,25 @@ async def test_an_idle_event_stream_outlives_the_head_deadline(server: AppServer
             assert (await visitor.increment()).status_code == 200
         await stream.wait_for(named("counter"), timeout=10)
         assert not stream.closed
+
+
+# -- the knobs -------------------------------------------------------------------------------
+
+
+def test_the_knobs_are_read_and_bad_values_refused() -> None:
+    base = {"DATABASE_URL": "postgresql:///x"}
+    defaults = Settings.from_env(base)
+    assert (defaults.max_header_bytes, defaults.header_timeout_seconds) == (32_768, 30.0)
+    tuned = Settings.from_env(
+        {**base, "RIPPLE_MAX_HEADER_BYTES": "65536", "RIPPLE_HEADER_TIMEOUT_SECONDS": "2.5"}
+    )
+    assert (tuned.max_header_bytes, tuned.header_timeout_seconds) == (65_536, 2.5)
+    for name, value in [
+        ("RIPPLE_MAX_HEADER_BYTES", "32k"),
+        ("RIPPLE_MAX_HEADER_BYTES", "100"),
+        ("RIPPLE_HEADER_TIMEOUT_SECONDS", "soon"),
+        ("RIPPLE_HEADER_TIMEOUT_SECONDS", "0"),
+        ("RIPPLE_HEADER_TIMEOUT_SECONDS", "nan"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**base, name: value})
