@@ -17,8 +17,8 @@ megabytes of headers. This subclass adds:
 
 The deadline runs only while a head is arriving and no earlier response on the connection is
 still being sent: once the headers are in, the request is the app's (an event stream lasting
-hours included). The normal path costs a few attribute writes per request; a timer is armed
-only when a head spans more than one read.
+hours included). The normal path costs a few attribute writes per request and one timer per
+connection; a request's own timer is armed only when its head spans more than one read.
 
 uvicorn's own options do not fit: ``timeout_keep_alive`` covers only the idle time after a
 response; ``limit_concurrency`` answers 503 to everyone once slow connections fill it (and would
