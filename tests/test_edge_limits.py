@@ -8,6 +8,7 @@ cap is the default.
 """
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 
@@ -260,3 +261,12 @@ def test_the_knobs_are_read_and_bad_values_refused() -> None:
     ]:
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({**base, name: value})
+
+
+def test_the_server_logged_no_errors(server: AppServer) -> None:
+    """Last in this module: nothing above made the server fail (refusals are warnings)."""
+    log = server.log_text()
+    assert "request head over" in log  # the refusals above were logged as such
+    assert "Traceback" not in log
+    assert "Exception in ASGI application" not in log
+    assert not re.search(r"\b(ERROR|CRITICAL)\b", log), log[-3000:]
