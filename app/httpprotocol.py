@@ -123,6 +123,11 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._head_open:
             self._head_still_arriving()
+        elif self._head_timer is None and not self._answering():
+            # Bytes that began no request: blank lines between requests (the parser skips
+            # them) or the rest of a body already answered. They cancelled the keep-alive
+            # timer above, so the wait for the next head starts now.
+            self._arm_head_timer()
 
     def _head_still_arriving(self) -> None:
         if not self._head_begun_here:

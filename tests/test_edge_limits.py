@@ -207,6 +207,24 @@ async def test_the_next_request_on_a_kept_alive_connection_has_its_own_deadline(
         assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
 
 
+async def test_blank_lines_between_requests_do_not_hold_a_connection(server: AppServer) -> None:
+    """The parser skips CRLFs before a request line, and each one cancels uvicorn's keep-alive
+    timer: without a deadline, a CRLF every few seconds would hold the connection for ever."""
+    async with await RawConnection.open(server.base_url) as conn:
+        await conn.send(plain_get())
+        assert (await conn.read_response()).status == 200
+        started = time.monotonic()
+        closed = False
+        try:
+            while not closed and time.monotonic() - started < HEADER_TIMEOUT + SLACK:
+                await conn.send(b"\r\n")
+                closed = await conn.wait_closed(0.5) is not None
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+        assert closed, f"still open after {HEADER_TIMEOUT + SLACK} s of blank lines"
+        assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
+
+
 async def test_pipelined_requests_are_all_answered_in_order(server: AppServer) -> None:
     async with await RawConnection.open(server.base_url) as conn:
         paths = ["/fragments/counter", "/healthz", "/fragments/presence", "/healthz"]
