@@ -7,6 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -39,7 +43,7 @@ def connect_args(url: DatabaseUrl, *, pooled: bool) -> dict[str, Any]:
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database.sqlalchemy_url,
         connect_args=connect_args(settings.database, pooled=settings.database_is_pooled),
         # Per worker; with one LISTEN connection that is at most 17 connections to count
@@ -55,6 +59,47 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # every pooled connection older than that error.
         pool_recycle=1800,
     )
+    if settings.database.needs_writable_host:
+        discard_read_only_connections(engine)
+    return engine
+
+
+def reports_read_only(connection: asyncpg.Connection) -> bool:
+    """Does the server say it is a hot standby, or read-only by default (fenced)?
+
+    Both are reported to the client whenever they change (PostgreSQL 14+), so asyncpg
+    already holds the latest values: no query needed.
+    """
+    settings = connection.get_settings()
+    return any(
+        getattr(settings, name, "off") == "on"
+        for name in ("in_hot_standby", "default_transaction_read_only")
+    )
+
+
+# SQLSTATE 25006 read_only_sql_transaction: a write reached a standby or a fenced old primary.
+_READ_ONLY_TRANSACTION = "25006"
+
+
+def discard_read_only_connections(engine: AsyncEngine) -> None:
+    """After a failover, keep no pooled connection to a host that can no longer write.
+
+    target_session_attrs picks a read-write host only when a connection is opened; a
+    pooled one outlives that choice. A connection whose server reports itself read-only
+    (GUC_REPORT values asyncpg keeps: no round trip) is replaced at checkout, and a write
+    refused as read-only counts as a disconnect, which discards every older pooled
+    connection too, so the next connection goes to whichever host is now the primary.
+    """
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _refuse_read_only(_dbapi: object, record: Any, _proxy: object) -> None:
+        if reports_read_only(record.driver_connection):
+            raise DisconnectionError("the database host reports itself read-only")
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+        if getattr(context.original_exception, "sqlstate", None) == _READ_ONLY_TRANSACTION:
+            context.is_disconnect = True
 
 
 def open_database(settings: Settings) -> Database:

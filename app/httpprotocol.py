@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.config import Settings
-from app.web.security import security_header_pairs
+from app.web.security import Kind, kind_pairs
 
 TOO_LARGE_MESSAGE = "Request header fields too large."
 INVALID_MESSAGE = "Invalid HTTP request received."
@@ -49,7 +49,7 @@ INVALID_MESSAGE = "Invalid HTTP request received."
 class EdgeLimits:
     max_header_bytes: int
     header_timeout_seconds: float
-    security_headers: tuple[tuple[bytes, bytes], ...]
+    error_headers: tuple[tuple[bytes, bytes], ...]  # an error's, security headers included
 
 
 @functools.cache
@@ -59,7 +59,7 @@ def edge_limits() -> EdgeLimits:
     return EdgeLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_seconds=settings.header_timeout_seconds,
-        security_headers=security_header_pairs(settings.production),
+        error_headers=kind_pairs(Kind.ERROR, settings.production),
     )
 
 
@@ -81,7 +81,7 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
         limits = edge_limits()
         self._max_head = limits.max_header_bytes
         self._head_timeout = limits.header_timeout_seconds
-        self._security_headers = limits.security_headers
+        self._error_headers = limits.error_headers
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_open = False  # a request head is awaited or arriving
         self._head_begun_here = False  # ... and it began in the read being parsed
@@ -224,8 +224,7 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             head = [STATUS_LINE[status]]
             pairs = [
                 *self.server_state.default_headers,
-                *self._security_headers,
-                (b"cache-control", b"no-store"),
+                *self._error_headers,
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode("ascii")),
                 (b"connection", b"close"),

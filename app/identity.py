@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 COOKIE_NAME = "ripple_visitor"
@@ -48,14 +49,27 @@ def encode(identity: Identity, key: bytes) -> str:
     return f"{body}.{_sign(key, body)}"
 
 
-def decode(value: str | None, key: bytes) -> Identity | None:
-    """The identity in a cookie value, or None if it is missing, malformed or tampered with."""
+def verify(value: str | None, keys: Sequence[bytes]) -> tuple[Identity, bool] | None:
+    """The identity in a cookie value and whether the first (current) key signed it; None if
+    it is missing, malformed, or signed by none of `keys` (SECRET_KEY, then its fallbacks)."""
     # Header bytes arrive as latin-1 text: hmac.compare_digest raises TypeError on non-ASCII.
     if not value or len(value) > 300 or not value.isascii():
         return None
     body, _, signature = value.rpartition(".")
-    if not hmac.compare_digest(signature, _sign(key, body)):
-        return None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(signature, _sign(key, body)):
+            found = _parse(body)
+            return None if found is None else (found, index == 0)
+    return None
+
+
+def decode(value: str | None, keys: bytes | Sequence[bytes]) -> Identity | None:
+    """The identity in a cookie value signed by `keys` (one key, or current then older)."""
+    verified = verify(value, [keys] if isinstance(keys, bytes) else keys)
+    return None if verified is None else verified[0]
+
+
+def _parse(body: str) -> Identity | None:
     try:
         version, hex_id, name = body.split(".")
         if version != "v1":

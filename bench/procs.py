@@ -31,6 +31,7 @@ from bench import net
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET_KEY = "ripple-benchmark-" + secrets.token_hex(16)
+METRICS_TOKEN = "ripple-benchmark-metrics-" + secrets.token_hex(8)
 
 _started: list[Server] = []
 
@@ -222,6 +223,7 @@ def ripple_env(url: str, port: int, workers: int, max_streams: int) -> dict[str,
         MAX_STREAMS_PER_WORKER=str(max(10_000, max_streams)),
         APP_ENV="production",
         SECRET_KEY=SECRET_KEY,
+        METRICS_TOKEN=METRICS_TOKEN,
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -553,7 +555,10 @@ def ripple_behind_nginx(
 
 async def scrape_metrics(port: int, timeout: float = 10.0) -> dict[str, float]:
     """An instance's /metrics as {'name{labels}': value} (Prometheus text, no comments)."""
-    answer = await net.fetch(port, net.request_bytes("GET", "/metrics", port), timeout=timeout)
+    request = net.request_bytes(
+        "GET", "/metrics", port, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    answer = await net.fetch(port, request, timeout=timeout)
     if answer.status != 200:
         raise RuntimeError(f"GET /metrics on port {port} answered {answer.status}")
     found: dict[str, float] = {}

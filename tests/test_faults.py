@@ -225,9 +225,10 @@ async def test_dropped_streams_release_stream_slots_and_presence(
 async def test_sigterm_with_1000_streams_ends_them_and_exits_quickly(
     app_server: AppServerFactory, database_url: str
 ) -> None:
-    server = await asyncio.to_thread(app_server, MANY, workers=2)
-    _, info = await health(server.base_url)
-    instance = info["instance"]
+    instance = "sigterm-test"  # /healthz names no instance: the test names it itself
+    server = await asyncio.to_thread(
+        app_server, {**MANY, "RIPPLE_INSTANCE_ID": instance}, workers=2
+    )
     visitors = [await Visitor.arrive(server.base_url) for _ in range(20)]
     streams: list[SSEClient] = []
     try:
@@ -249,6 +250,10 @@ async def test_sigterm_with_1000_streams_ends_them_and_exits_quickly(
         for stream in streams:
             await stream.wait_closed(timeout=5)
             assert stream.error is None or isinstance(stream.error, StreamClosed)
+        # Firm: the app ended every stream itself (the last chunk arrived), which the
+        # server's forced close after its graceful timeout would not do.
+        unended = [s for s in streams if not s.ended_cleanly]
+        assert not unended, f"{len(unended)} streams were cut, not ended, by SIGTERM"
         left = await database.fetchval(
             database_url, "SELECT count(*) FROM workers WHERE instance_id = $1", instance
         )

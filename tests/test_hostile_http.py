@@ -946,7 +946,7 @@ async def test_event_stream_is_get_only(site: Site) -> None:
         for method in ("POST", "DELETE", "PUT"):
             response = await visitor.client.request(method, "/events")
             assert response.status_code == 405
-            assert response.headers["allow"] == "GET"
+            assert response.headers["allow"] == "GET, HEAD"
 
 
 async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> None:

@@ -20,7 +20,7 @@ from support.sse_parse import FrameParser
 from app import identity
 from app.models import MESSAGE_MAX, NAME_MAX
 from app.realtime import encode_frame
-from app.web.events import parse_cursor
+from app.web.params import first_cursor as parse_cursor
 from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
 
 T = TypeVar("T")

@@ -4,11 +4,11 @@ import uuid
 
 import pytest
 
-from app.config import ConfigError, DatabaseUrl, Settings
+from app.config import DEV_SECRET, ConfigError, DatabaseUrl, Settings
 from app.identity import Identity, decode, encode
 from app.realtime import encode_frame
 from app.realtime.events import Event, PayloadError
-from app.web.events import parse_cursor
+from app.web.params import first_cursor as parse_cursor
 from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
 
 
@@ -42,11 +42,23 @@ def test_bad_database_urls_are_refused_clearly() -> None:
         DatabaseUrl.parse("postgres://x/y?sslmode=sometimes")
 
 
-def test_production_refuses_to_start_without_a_secret() -> None:
+def test_production_refuses_a_missing_short_or_development_secret_and_says_how() -> None:
     env = {"APP_ENV": "production", "DATABASE_URL": "postgres://x/y"}
-    with pytest.raises(ConfigError, match="SECRET_KEY"):
-        Settings.from_env(env)
-    assert Settings.from_env({**env, "SECRET_KEY": "k"}).production
+    for secret in ["", "k", "x" * 31, DEV_SECRET]:
+        with pytest.raises(ConfigError, match=r"SECRET_KEY.*secrets\.token_urlsafe"):
+            Settings.from_env({**env, "SECRET_KEY": secret})
+    assert Settings.from_env({**env, "SECRET_KEY": "k" * 32}).production
+    # Development accepts anything, the development key included.
+    assert not Settings.from_env({**env, "APP_ENV": "development", "SECRET_KEY": "k"}).production
+
+
+def test_secret_key_fallbacks_verify_but_never_sign() -> None:
+    settings = Settings.from_env(
+        {"DATABASE_URL": "postgres://x/y", "SECRET_KEY": "new", "SECRET_KEY_FALLBACKS": " a, ,b "}
+    )
+    assert settings.secret_key_fallbacks == ("a", "b")
+    assert settings.verifying_keys[0] == settings.signing_key
+    assert len(set(settings.verifying_keys)) == 3
 
 
 def test_pooled_url_is_recognised_by_a_distinct_unpooled_url() -> None:
@@ -57,6 +69,11 @@ def test_pooled_url_is_recognised_by_a_distinct_unpooled_url() -> None:
     )
     assert split.database_is_pooled
     assert split.listen_database.asyncpg_dsn == "postgresql://h/db"
+    # The same server spelled another way is not a pooler (the statement cache stays on).
+    spelled = Settings.from_env(
+        {"DATABASE_URL": "postgres://h/db", "DATABASE_URL_UNPOOLED": "postgresql+asyncpg://h/db"}
+    )
+    assert not spelled.database_is_pooled
 
 
 def test_frames_are_well_formed_and_refuse_line_breaks() -> None:

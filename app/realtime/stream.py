@@ -16,13 +16,6 @@ from litestar.types import Receive, Send
 from app import metrics
 from app.realtime.hub import Subscription
 
-STREAM_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-    (b"x-content-type-options", b"nosniff"),
-]
-
 
 async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
     """The server reports a client that went away as `http.disconnect`."""
@@ -41,8 +34,8 @@ async def pump(
     first: bytes,
     headers: list[tuple[bytes, bytes]],
 ) -> None:
-    """Send `headers` and `first`, then whatever the hub buffers, until closed or
-    disconnected."""
+    """Send `headers` (app.web.security's STREAM kind) and `first`, then whatever the hub
+    buffers, until closed or disconnected."""
     watcher = asyncio.create_task(_watch_disconnect(receive, sub))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})

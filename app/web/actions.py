@@ -5,18 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.exceptions import HTTPException, ValidationException
 
 from app import ratelimit
 from app.identity import Identity
 from app.services import counter, feed, visitors
 from app.web.common import html, identity_cookie, render, runtime, visitor_of, wants_json
+from app.web.errors import TooManyRequests, Unprocessable
 from app.web.fragments import render_item
+from app.web.security import Kind, kind_headers
 from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
-
-
-class TooManyRequests(HTTPException):
-    status_code = 429
 
 
 async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -54,6 +51,7 @@ async def _limit(request: Request[Any, Any, Any], action: str, who: Identity) ->
 def _with_identity(
     request: Request[Any, Any, Any], response: Response[Any], who: Identity, new: bool
 ) -> Response[Any]:
+    response.headers.update(kind_headers(Kind.ACTION))
     if new:
         response.set_cookie(identity_cookie(request, who))
     return response
@@ -77,7 +75,7 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
     try:
         message = clean_message((await _form(request)).get("message"))
     except InvalidInput as error:
-        raise ValidationException(str(error)) from None
+        raise Unprocessable(str(error)) from None
     await _limit(request, "post", who)
     rt = runtime(request)
     generation = rt.hub.resync_generation
@@ -95,7 +93,7 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
     try:
         name = clean_name((await _form(request)).get("name"))
     except InvalidInput as error:
-        raise ValidationException(str(error)) from None
+        raise Unprocessable(str(error)) from None
     await _limit(request, "rename", who)
     rt = runtime(request)
     name = await visitors.rename(rt.db, who, name)

@@ -11,7 +11,6 @@ from app import identity
 from app.runtime import Runtime
 
 HTML = "text/html"  # Litestar appends the charset
-FRAGMENT_VARY = "Accept, HX-Request"
 
 
 def runtime(request: Request[Any, Any, Any]) -> Runtime:
@@ -24,11 +23,13 @@ def wants_json(request: Request[Any, Any, Any]) -> bool:
 
 
 def visitor_of(request: Request[Any, Any, Any]) -> tuple[identity.Identity, bool]:
-    """The visitor's identity, and whether it is new (and so needs its cookie set)."""
-    key = runtime(request).settings.signing_key
-    known = identity.decode(request.cookies.get(identity.COOKIE_NAME), key)
-    if known is not None:
-        return known, False
+    """The visitor's identity, and whether its cookie must be (re)set: a new visitor, or
+    one whose cookie an older key (SECRET_KEY_FALLBACKS) signed, re-signed with the new."""
+    keys = runtime(request).settings.verifying_keys
+    verified = identity.verify(request.cookies.get(identity.COOKIE_NAME), keys)
+    if verified is not None:
+        who, current = verified
+        return who, not current
     return identity.new_identity(), True
 
 

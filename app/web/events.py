@@ -7,62 +7,36 @@ session while streaming: the replay query uses a short transaction of its own.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
-from litestar import Request, asgi
+from litestar import Request
 from litestar.types import Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import identity, metrics
 from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, pump
-from app.realtime.stream import STREAM_HEADERS
 from app.runtime import Runtime
 from app.services import feed
-from app.web.security import security_header_pairs
+from app.web import params
+from app.web.errors import send_error
+from app.web.security import Kind, kind_pairs
 
 log = logging.getLogger("ripple.stream")
 
 RETRY_MS = 1000
-MAX_CURSOR_DIGITS = 18
-
-
-def parse_cursor(header: str | None, query: str | None) -> int | None:
-    """The feed cursor: the header wins over the query; anything malformed is ignored."""
-    for raw in (header, query):
-        value = (raw or "").strip()
-        if value.isascii() and value.isdigit() and len(value) <= MAX_CURSOR_DIGITS:
-            return int(value)
-    return None
-
-
-async def _plain(
-    rt: Runtime, send: Send, status: int, text: str, extra: dict[bytes, bytes]
-) -> None:
-    body = text.encode()
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"cache-control", b"no-store"),
-        (b"content-length", str(len(body)).encode()),
-        *extra.items(),
-        *security_header_pairs(rt.settings.production),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _refuse(rt: Runtime, send: Send, status: int, reason: str, retry_after: int) -> None:
     metrics.STREAMS_REFUSED.labels(reason).inc()
-    text = f"Stream refused ({reason}); retry in {retry_after} s."
-    await _plain(rt, send, status, text, {b"retry-after": str(retry_after).encode()})
-
-
-@functools.cache
-def _stream_headers(production: bool) -> list[tuple[bytes, bytes]]:
-    own = {name for name, _ in STREAM_HEADERS}
-    extra = [pair for pair in security_header_pairs(production) if pair[0] not in own]
-    return [*STREAM_HEADERS, *extra]
+    await send_error(
+        send,
+        status,
+        f"Stream refused ({reason}); retry in {retry_after} s.",
+        json=False,
+        production=rt.settings.production,
+        extra={"retry-after": str(retry_after)},
+    )
 
 
 async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
@@ -80,17 +54,19 @@ async def _opening_frames(rt: Runtime, cursor: int | None) -> tuple[bytes, int]:
     return b"".join(first), ids[-1] if ids else cursor
 
 
-@asgi("/events", is_mount=False, copy_scope=False)
-async def events(scope: Scope, receive: Receive, send: Send) -> None:
-    """The route as Litestar sees it; in production app.web.hotpaths answers before it."""
-    await serve_stream(scope["litestar_app"].state.runtime, scope, receive, send)
-
-
-async def serve_stream(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
-    """One GET /events request, from its checks to the end of the stream."""
+async def serve_stream(
+    rt: Runtime, scope: Scope, receive: Receive, send: Send, *, head: bool = False
+) -> None:
+    """One GET /events request, from its checks to the end of the stream (app.web.frontdoor
+    sends it here; `head`: answer the headers a stream would get, and nothing more)."""
     if scope.get("method") != "GET":
-        await _plain(
-            rt, send, 405, "Method not allowed: the event stream is GET only.", {b"allow": b"GET"}
+        await send_error(
+            send,
+            405,
+            "Method not allowed: the event stream is GET only.",
+            json=False,
+            production=rt.settings.production,
+            extra={"allow": "GET, HEAD"},
         )
         return
     request: Request[Any, Any, Any] = Request(scope, receive)
@@ -101,14 +77,19 @@ async def serve_stream(rt: Runtime, scope: Scope, receive: Receive, send: Send) 
     if len(rt.hub) >= settings.max_streams_per_worker:
         await _refuse(rt, send, 503, "worker-full", 5)
         return
-    who = identity.decode(request.cookies.get(identity.COOKIE_NAME), settings.signing_key)
+    headers = list(kind_pairs(Kind.STREAM, settings.production))
+    if head:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    who = identity.decode(request.cookies.get(identity.COOKIE_NAME), settings.verifying_keys)
     ip = request.client.host if request.client else "unknown"
     keys = [f"ip:{ip}"] + ([f"v:{who.id.hex}"] if who else [])
     cap = settings.max_streams_per_client
     if cap and any(rt.streams_per_key[k] >= cap for k in keys):
         await _refuse(rt, send, 429, "client-limit", 10)
         return
-    cursor = parse_cursor(
+    cursor = params.first_cursor(
         request.headers.get("last-event-id"), request.query_params.get("last_event_id")
     )
     for key in keys:
@@ -127,7 +108,7 @@ async def serve_stream(rt: Runtime, scope: Scope, receive: Receive, send: Send) 
         if who is not None:
             joined = True
             await _join(rt, who)
-        await pump(sub, send, receive, first, _stream_headers(rt.settings.production))
+        await pump(sub, send, receive, first, headers)
     except asyncio.CancelledError:
         if not sub.timed_out:
             raise

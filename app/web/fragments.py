@@ -10,21 +10,18 @@ import hashlib
 from typing import Any
 
 from litestar import Request, Response, get
-from litestar.exceptions import ClientException, HTTPException, NotFoundException
 from markupsafe import Markup
 
 from app import metrics
-from app.models import ACTIVITY_ID_MAX
 from app.services import feed
-from app.web.common import FRAGMENT_VARY, html, render, runtime, wants_json
-
-
-class Gone(HTTPException):
-    status_code = 410
+from app.web import params
+from app.web.common import html, render, runtime, wants_json
+from app.web.errors import BadRequest, Gone, NotFound
+from app.web.security import Kind, kind_headers
 
 
 def _state_headers() -> dict[str, str]:
-    return {"cache-control": "no-cache", "vary": FRAGMENT_VARY}
+    return kind_headers(Kind.STATE)
 
 
 @get("/fragments/counter")
@@ -96,24 +93,20 @@ def rendered_items(
     ]
 
 
-# An item never changes, so a CDN may keep it; hiding one is rare and pages learn of it
-# through `resync` and the uncached lists, so five minutes of a cached copy is the cost.
-# (app.web.hotpaths answers cached items with these same headers.)
-ITEM_HEADERS = {"vary": FRAGMENT_VARY, "cache-control": "public, max-age=300, immutable"}
-
-
 def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> Response[Any]:
-    metrics.FRAGMENTS_SERVED.labels("activity").inc()
-    headers = {"etag": etag, **ITEM_HEADERS}
+    """Also answered, from memory, by app.web.frontdoor with the same Kind.ITEM headers."""
+    metrics.ITEMS_SERVED.inc()
+    headers = {"etag": etag, **kind_headers(Kind.ITEM)}
     if request.headers.get("if-none-match") == etag:
         return Response(content=b"", status_code=304, headers=headers)
     return html(body, headers=headers)
 
 
-@get("/fragments/activity/{item_id:int}")
-async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Response[Any]:
-    if not 0 < item_id <= ACTIVITY_ID_MAX:  # ids are positive bigints; asking is not an outage
-        raise NotFoundException("No such feed item.")
+@get("/fragments/activity/{raw_id:str}")
+async def activity_item(request: Request[Any, Any, Any], raw_id: str) -> Response[Any]:
+    item_id = params.item_id(raw_id)
+    if item_id is None:  # only canonical positive bigints; asking is not an outage
+        raise NotFound("No such feed item.")
     json = wants_json(request)
     generation = runtime(request).hub.resync_generation
     if not json:  # every page fetches the same item at once: answer from memory
@@ -126,19 +119,17 @@ async def activity_item(request: Request[Any, Any, Any], item_id: int) -> Respon
         runtime(request).item_cache.forget(item_id)
         raise Gone("This item was removed by a moderator.") from None
     if item is None:
-        raise NotFoundException("No such feed item.")
+        raise NotFound("No such feed item.")
     if json:
-        return Response(item_json(item), headers={"vary": FRAGMENT_VARY})
+        return Response(item_json(item), headers=kind_headers(Kind.ITEM_JSON))
     return _item_response(request, *render_item(request, item, generation))
 
 
 def _cursor(raw: str | None, name: str) -> int | None:
-    if raw is None or raw == "":
-        return None
-    # isdigit() alone admits "²" and other digits int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ClientException(f"{name} must be a feed item id (a whole number).")
-    return int(raw)
+    try:
+        return params.cursor(raw)
+    except params.BadCursor:
+        raise BadRequest(f"{name} must be a feed item id (a whole number).") from None
 
 
 @get("/fragments/activity")

@@ -8,8 +8,10 @@ from litestar import Request, Response, get
 
 from app.models import MESSAGE_MAX, NAME_MAX
 from app.services import feed, visitors
+from app.web import csrf
 from app.web.common import html, identity_cookie, render, runtime, visitor_of
 from app.web.fragments import rendered_items
+from app.web.security import Kind, kind_headers
 
 
 class _Limits:
@@ -26,9 +28,9 @@ class _Visitor:
 @get("/")
 async def index(request: Request[Any, Any, Any]) -> Response[Any]:
     rt = runtime(request)
-    who, is_new = visitor_of(request)
+    who, needs_cookie = visitor_of(request)
     generation = rt.hub.resync_generation
-    name = who.guest_name if is_new else await visitors.display_name(rt.db, who)
+    name = await visitors.display_name(rt.db, who)  # the guest name until recorded
     items, has_older = await feed.page_before(rt.db, None)
     cursor = max((item.id for item in items), default=0)
     if not items:
@@ -44,8 +46,9 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         has_older=has_older,
         limits=_Limits,
         stream_url=f"/events?last_event_id={cursor}",
+        csrf_token=csrf.token_of(request.scope),
     )
-    response = html(body, headers={"cache-control": "no-store"})
-    if is_new:
+    response = html(body, headers=kind_headers(Kind.PAGE))
+    if needs_cookie:
         response.set_cookie(identity_cookie(request, who))
     return response
