@@ -224,6 +224,10 @@ class Settings:
     presence_grace_seconds: float = 10.0
     listener_check_seconds: float = 5.0
     send_timeout_seconds: float = 30.0
+    # The HTTP protocol's edge limits (app/httpprotocol.py): the request line plus headers
+    # of one request, and how long they may take to arrive.
+    max_header_bytes: int = 32_768
+    header_timeout_seconds: float = 30.0
 
     @property
     def signing_key(self) -> bytes:
@@ -282,4 +286,6 @@ class Settings:
             presence_grace_seconds=_float(env, "RIPPLE_PRESENCE_GRACE_SECONDS", 10.0, 0.0),
             listener_check_seconds=_float(env, "RIPPLE_LISTENER_CHECK_SECONDS", 5.0, 0.1),
             send_timeout_seconds=_float(env, "RIPPLE_SEND_TIMEOUT_SECONDS", 30.0, 0.5),
+            max_header_bytes=_int(env, "RIPPLE_MAX_HEADER_BYTES", 32_768, 1024),
+            header_timeout_seconds=_float(env, "RIPPLE_HEADER_TIMEOUT_SECONDS", 30.0, 0.5),
         )
