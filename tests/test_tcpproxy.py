@@ -124,6 +124,21 @@ def test_buffers_are_bounded_while_cut(proxy: HoldingProxy) -> None:
         assert bytes(received) == payload
 
 
+def test_a_close_during_a_cut_reaches_the_other_side_only_after_the_heal() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        with HoldingProxy("127.0.0.1", listener.getsockname()[1]) as proxy:
+            client = _connect(proxy.port)
+            upstream, _ = listener.accept()
+            with upstream:
+                upstream.settimeout(5)
+                proxy.cut()
+                client.close()  # the FIN waits at the cut, as on a real link
+                assert _nothing_arrives(upstream)
+                proxy.heal()
+                assert upstream.recv(1) == b""
+
+
 def test_reset_all_closes_every_connection_and_new_ones_work(proxy: HoldingProxy) -> None:
     with _connect(proxy.port) as first:
         first.sendall(b"x")

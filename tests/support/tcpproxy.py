@@ -29,6 +29,7 @@ class _Link:
     def __init__(self, client: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         self.client_reader, self.client_writer = client
         self.upstream_writer: asyncio.StreamWriter | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def abort(self) -> None:
         """Close both sides at once, with a reset rather than an orderly FIN."""
@@ -132,17 +133,20 @@ class HoldingProxy:
     async def _reset_all(self) -> None:
         for link in list(self._links):
             link.abort()
+            if link.task is not None:
+                link.task.cancel()  # it may be holding a close back until a heal
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         link = _Link((reader, writer))
+        link.task = task
         self._links.add(link)
         try:
             await self._serve(link)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
+        except (OSError, asyncio.CancelledError):
+            pass  # a reset, or reset_all/stop: the connection is over either way
         finally:
             link.abort()
             self._links.discard(link)
@@ -178,7 +182,9 @@ class HoldingProxy:
             if writer.can_write_eof():
                 writer.write_eof()
         except OSError:
-            # One side reset: a real link would carry the reset; tear down both sides.
+            # One side reset: the reset crosses the link (once it carries anything again),
+            # and both sides are torn down.
+            await self._wait_flowing()
             with contextlib.suppress(OSError):
                 writer.transport.abort()
             raise
