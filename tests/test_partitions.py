@@ -18,16 +18,19 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from support.probes import online_ids
 from support.server import AppServer
 from support.sse import SSEClient
 from support.tcpproxy import HoldingProxy
 from support.visitors import Visitor
 
+from app.config import Settings
+from app.db import open_database
+
 AppServerFactory = Callable[..., AppServer]
 T = TypeVar("T")
-
-pytestmark = pytest.mark.slow
 
 CUT_SECONDS = 25.0
 ANSWER_WITHIN = 10.0  # the contract: a request needing the database answers within 10 s
@@ -174,9 +177,64 @@ async def streams_to_close() -> AsyncIterator[list[SSEClient]]:
         await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
 
 
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under a session's current transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+async def test_a_statement_cut_off_fails_after_its_timeout_and_its_connection_is_discarded(
+    db_link: HoldingProxy, database_url: str
+) -> None:
+    """asyncpg answers a statement timeout with a cancel request over a new connection, and
+    makes the next statement (the ROLLBACK) wait for it; across a partition that connection
+    hangs too. The engine must fail the statement after one timeout and drop the connection
+    instead of handing it out again."""
+    timeout = 2.0
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": through(database_url, db_link),
+            "RIPPLE_DB_STATEMENT_TIMEOUT_SECONDS": str(timeout),
+            "RIPPLE_DB_CONNECT_TIMEOUT_SECONDS": str(timeout),
+        }
+    )
+    db = open_database(settings)
+    try:
+        async with db.transaction() as session:
+            assert await session.scalar(text("SELECT 1")) == 1
+            first = await driver_connection(session)
+        await asyncio.to_thread(db_link.cut)
+
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with db.transaction() as session:
+                await session.scalar(text("SELECT 2"))
+        took = time.monotonic() - started
+        # Not twice the timeout (the ROLLBACK waiting for the cancel request), nor forever.
+        assert took < 1.75 * timeout, took
+        assert first.is_closed()
+
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with db.transaction() as session:
+                await session.scalar(text("SELECT 3"))  # needs a new connection: it hangs
+        took = time.monotonic() - started
+        assert took < 1.75 * timeout, took
+
+        await asyncio.to_thread(db_link.heal)
+        async with db.transaction() as session:
+            assert await session.scalar(text("SELECT 4")) == 4
+            assert await driver_connection(session) is not first
+    finally:
+        await asyncio.to_thread(db_link.heal)
+        await asyncio.wait_for(db.dispose(), 10)
+
+
+@pytest.mark.slow
 async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recovers(
+    db_link: HoldingProxy,  # first: the link outlives the instances (a clean shutdown)
     app_server: AppServerFactory,
-    db_link: HoldingProxy,
     database_url: str,
     streams_to_close: list[SSEClient],
 ) -> None:
@@ -190,6 +248,7 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
     direct = await asyncio.to_thread(app_server, MANY, workers=1)
 
     visitor = await Visitor.arrive(cut_off.base_url, timeout=ANSWER_WITHIN + 10)
+    latecomer = await Visitor.arrive(cut_off.base_url)  # first seen by a stream in the cut
     reader = await Visitor.arrive(cut_off.base_url, json=False, timeout=ANSWER_WITHIN + 10)
     health = HealthWatch(cut_off.base_url)
     watching = asyncio.create_task(health.run())
@@ -236,13 +295,24 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
 
         # First with the pooled connections still open (a statement times out), then later
         # when they have been discarded (a new connection times out).
+        # A stream without a cursor needs no replay: it opens, and the visitor's join (which
+        # cannot be written now) is written after the heal.
+        started = time.monotonic()
+        late_stream = await SSEClient.connect(
+            cut_off.base_url, cookies=latecomer.cookie_header(), timeout=ANSWER_WITHIN + 5
+        )
+        streams.append(late_stream)
+        late_stream_opened = time.monotonic() - started
+        assert late_stream.status == 200
+        late_id = latecomer.cookies()["ripple_visitor"].split(".")[1]
+
         first_round = await probe_round()
         await asyncio.sleep(max(0.0, 13.0 - (time.monotonic() - cut_at)))
         second_round = await probe_round()
         await asyncio.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut_at)))
         pings_during_cut = [
             sum(1 for ev in s.events[start:] if ev.event == "ping")
-            for s, start in zip(streams, at_cut, strict=True)
+            for s, start in zip(streams[:5], at_cut, strict=True)
         ]
 
         # -- the heal --------------------------------------------------------------------
@@ -255,7 +325,7 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
         async def all_caught_up() -> bool | None:
             done = all(
                 caught_up(s, start, missed)
-                for s, start in zip(streams[:-1], at_cut[:-1], strict=True)
+                for s, start in zip(streams[:4], at_cut[:4], strict=True)
             )
             return True if done else None
 
@@ -277,13 +347,16 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
         await asyncio.gather(*(s.wait_for_event("activity", str(after)) for s in streams))
         # Presence recovered too: the visitor's streams are listed again everywhere.
         await eventually_ok(
-            lambda: _value_if_async(online_ids(direct.base_url), lambda ids: visitor_id in ids),
+            lambda: _value_if_async(
+                online_ids(direct.base_url), lambda ids: {visitor_id, late_id} <= ids
+            ),
             RECOVER_WITHIN,
         )
 
         report = {
             **{f"{a.what} (1st round)": round(a.seconds, 2) for a in first_round},
             **{f"{a.what} (2nd round)": round(a.seconds, 2) for a in second_round},
+            "stream open without cursor": round(late_stream_opened, 2),
             "healthz first 503 after cut": _rounded(health.first(503, cut_at)),
             "healthz slowest answer during cut": round(health.slowest(cut_at, healed_at), 2),
             "streams caught up after heal": round(streams_caught_up, 2),
@@ -302,6 +375,7 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
         assert not health.failures, health.failures
         assert health.slowest(cut_at, healed_at) < HEALTH_WITHIN
         assert missed, "the other instance wrote nothing during the cut"
+        assert late_stream_opened < ANSWER_WITHIN
         assert all(not s.closed for s in streams), "a stream was closed by the cut"
         assert all(count >= 2 for count in pings_during_cut), pings_during_cut
     finally:
@@ -311,6 +385,7 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
             writing.cancel()
         await asyncio.gather(watching, *([writing] if writing else []), return_exceptions=True)
         await visitor.aclose()
+        await latecomer.aclose()
         await reader.aclose()
 
 

@@ -44,6 +44,7 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         has_older=has_older,
         limits=_Limits,
         stream_url=f"/events?last_event_id={cursor}",
+        silence_ms=round(rt.settings.stream_silence_seconds * 1000),
     )
     response = html(body, headers={"cache-control": "no-store"})
     if is_new:
