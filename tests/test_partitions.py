@@ -26,8 +26,8 @@ from support.sse import SSEClient
 from support.tcpproxy import HoldingProxy
 from support.visitors import Visitor
 
-from app.config import Settings
-from app.db import open_database
+from app.config import ConfigError, Settings
+from app.db import connect_args, create_engine, open_database
 
 AppServerFactory = Callable[..., AppServer]
 T = TypeVar("T")
@@ -175,6 +175,33 @@ async def streams_to_close() -> AsyncIterator[list[SSEClient]]:
         yield streams
     finally:
         await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+
+
+def test_database_timeouts_have_the_documented_defaults_and_reach_the_engine() -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://app@db.example:5432/app"})
+    assert settings.db_connect_timeout_seconds == 5.0
+    assert settings.db_statement_timeout_seconds == 5.0
+    assert settings.db_pool_timeout_seconds == 3.0
+    assert settings.listener_check_timeout_seconds == 2.0
+    assert settings.stream_silence_seconds == 35.0
+    # Within the contract's 10 s: one pool wait, then one connect or one statement.
+    assert (
+        settings.db_pool_timeout_seconds
+        + max(settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds)
+        < ANSWER_WITHIN
+    )
+
+    engine = create_engine(settings)
+    assert engine.pool.timeout() == 3.0  # type: ignore[attr-defined]
+    # Migrations (alembic/env.py) call connect_args without timeouts: none are set for them.
+    assert "command_timeout" not in connect_args(settings.database, pooled=False)
+    args = connect_args(settings.database, pooled=False, connect_timeout=1, statement_timeout=2)
+    assert (args["timeout"], args["command_timeout"]) == (1, 2)
+
+    with pytest.raises(ConfigError, match="RIPPLE_DB_STATEMENT_TIMEOUT_SECONDS"):
+        Settings.from_env(
+            {"DATABASE_URL": "postgresql://h/db", "RIPPLE_DB_STATEMENT_TIMEOUT_SECONDS": "0"}
+        )
 
 
 async def driver_connection(session: AsyncSession) -> Any:
