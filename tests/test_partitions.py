@@ -10,6 +10,7 @@ after the heal, and print what they measured (run with ``-s`` to see it).
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -429,3 +430,31 @@ async def _value_if_async(value: Awaitable[Any], accept: Callable[[Any], bool]) 
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+@pytest.mark.slow
+async def test_an_instance_cut_off_from_postgres_still_shuts_down_promptly(
+    db_link: HoldingProxy, app_server: AppServerFactory, database_url: str
+) -> None:
+    """A deploy during a partition: SIGTERM must not wait on closing connections that hang."""
+    via_link = through(database_url, db_link)
+    server = await asyncio.to_thread(
+        app_server, {"DATABASE_URL_UNPOOLED": via_link, **MANY}, database_url=via_link, workers=1
+    )
+    async with await Visitor.arrive(server.base_url) as visitor:
+        # Several pooled connections open and idle when the link goes.
+        posts = await asyncio.gather(*(visitor.post(f"warm {n}") for n in range(8)))
+        assert all(p.status_code == 201 for p in posts)
+        stream = await SSEClient.connect(server.base_url, cookies=visitor.cookie_header())
+        try:
+            await asyncio.to_thread(db_link.cut)
+            await asyncio.sleep(1)
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(server.wait, 60)
+            took = time.monotonic() - started
+        finally:
+            await stream.aclose()
+    print(f"\nshutdown during a partition: exit code {code} after {took:.2f} s")
+    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert took < 20  # the sum of the shutdown steps' own bounds (12 s measured), not a hang
