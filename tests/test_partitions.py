@@ -317,6 +317,7 @@ async def test_an_instance_cut_off_from_postgres_answers_503_in_time_and_recover
                         ),
                     ),
                     timed("counter fragment", reader.get("/fragments/counter")),
+                    timed("page", reader.get("/")),
                     open_stream_during_cut(cut_off.base_url, cursor),
                 )
             )

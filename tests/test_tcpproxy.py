@@ -130,7 +130,7 @@ def test_a_close_during_a_cut_reaches_the_other_side_only_after_the_heal() -> No
         with HoldingProxy("127.0.0.1", listener.getsockname()[1]) as proxy:
             client = _connect(proxy.port)
             upstream, _ = listener.accept()
-            with upstream:
+            with client, upstream:
                 upstream.settimeout(5)
                 proxy.cut()
                 client.close()  # the FIN waits at the cut, as on a real link
