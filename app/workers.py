@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class WorkerRegistry:
         self.instance_id = instance_id
         self._expiry = timedelta(seconds=expiry)
         self._health_read: asyncio.Future[InstanceHealth] | None = None
+        self._health_read_started = 0.0
 
     async def beat(self, listener_connected: bool) -> bool:
         """Record that this worker is alive; True if its row had to be created (again)."""
@@ -88,13 +90,16 @@ class WorkerRegistry:
 
         The read is not cancelled on a timeout (cancelling a statement in flight costs a
         cancel request and a connection close, each able to hang across a partition); it
-        runs on within the pool's own timeouts, and the checks that come meanwhile wait for
-        that same read instead of piling up more.
+        runs on within the pool's own timeouts. Checks that come within `wait` of its start
+        share it instead of piling up more; later ones start afresh, so a database that is
+        back is seen at once, not when an old read finally times out.
         """
         read = self._health_read
-        if read is None or read.done():
+        now = time.monotonic()
+        if read is None or read.done() or now - self._health_read_started > wait:
             read = self._health_read = asyncio.ensure_future(self.instance_health(fresh_within))
             read.add_done_callback(_retrieve_exception)
+            self._health_read_started = now
         done, _ = await asyncio.wait({read}, timeout=wait)
         if not done:
             raise TimeoutError(f"instance health not read within {wait} s")
