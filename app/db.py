@@ -87,15 +87,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def _discard_timed_out_connection(context: ExceptionContext) -> None:
-    """A statement that timed out leaves its connection unusable: close it at once.
+    """A statement that timed out (or was cancelled) leaves its connection unusable: close
+    it at once.
 
     On a timeout asyncpg sends a cancel request over a new connection and makes the next
     statement (SQLAlchemy's ROLLBACK) wait for it; across a partition that connect hangs
-    too, which would double the wait, and a connection whose cancel failed is broken. So
-    the connection is closed without a goodbye and SQLAlchemy discards it from the pool
-    (the other pooled connections are left alone: a slow statement says nothing about them).
+    too, which would double the wait, and a connection whose cancel failed is broken. A
+    cancelled task's connection is discarded by SQLAlchemy anyway, but after a goodbye that
+    waits for that same cancel request (up to 2 s). So the connection is closed without a
+    goodbye and SQLAlchemy discards it from the pool (the other pooled connections are left
+    alone: one slow statement says nothing about them).
     """
-    if not isinstance(context.original_exception, TimeoutError):
+    if not isinstance(context.original_exception, (TimeoutError, asyncio.CancelledError)):
         return
     connection = context.connection
     if connection is None or connection.invalidated or connection.closed:
