@@ -228,6 +228,13 @@ class Settings:
     # of one request, and how long they may take to arrive.
     max_header_bytes: int = 32_768
     header_timeout_seconds: float = 30.0
+    # How long a database that stops answering (a partition, not a refusal) may hold a request:
+    # a pool wait plus one connect or statement stays under the contract's 10 s (README).
+    db_connect_timeout_seconds: float = 5.0
+    db_statement_timeout_seconds: float = 5.0
+    db_pool_timeout_seconds: float = 3.0
+    listener_check_timeout_seconds: float = 2.0
+    stream_silence_seconds: float = 35.0
 
     @property
     def signing_key(self) -> bytes:
@@ -288,4 +295,13 @@ class Settings:
             send_timeout_seconds=_float(env, "RIPPLE_SEND_TIMEOUT_SECONDS", 30.0, 0.5),
             max_header_bytes=_int(env, "RIPPLE_MAX_HEADER_BYTES", 32_768, 1024),
             header_timeout_seconds=_float(env, "RIPPLE_HEADER_TIMEOUT_SECONDS", 30.0, 0.5),
+            db_connect_timeout_seconds=_float(env, "RIPPLE_DB_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1),
+            db_statement_timeout_seconds=_float(
+                env, "RIPPLE_DB_STATEMENT_TIMEOUT_SECONDS", 5.0, 0.1
+            ),
+            db_pool_timeout_seconds=_float(env, "RIPPLE_DB_POOL_TIMEOUT_SECONDS", 3.0, 0.1),
+            listener_check_timeout_seconds=_float(
+                env, "RIPPLE_LISTENER_CHECK_TIMEOUT_SECONDS", 2.0, 0.1
+            ),
+            stream_silence_seconds=_float(env, "RIPPLE_STREAM_SILENCE_SECONDS", 35.0, 1.0),
         )

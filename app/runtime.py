@@ -49,6 +49,7 @@ class Runtime:
             settings.listen_database,
             self.hub.publish,
             check_interval=settings.listener_check_seconds,
+            check_timeout=settings.listener_check_timeout_seconds,
             send_probe=self._send_probe,
             on_state=self._report_listener_state,
             on_reconnect=self._resync_after_reconnect,

@@ -6,7 +6,10 @@
 
   const FEED_PAGE = 50;          // the server's page size for /fragments/activity
   const DEBOUNCE_MS = 40;        // merge a burst (or a replay) of activity events into one fetch
-  const SILENCE_MS = 35000;      // no event at all (pings included) for this long: stream is dead
+  // No event at all (pings included) for this long: the stream is dead. The server names it
+  // (RIPPLE_STREAM_SILENCE_SECONDS, 35 s; tests shorten it); checked seven times per window.
+  const SILENCE_MS = Number(document.querySelector('meta[name="ripple-silence-ms"]')?.content) || 35000;
+  const WATCHDOG_MS = Math.min(5000, Math.max(250, SILENCE_MS / 7));
   const NEWEST = 2147483647;     // "before" bound when a resync carries no id
   const KEEP_ITEMS = 200;        // a long-open page drops its oldest items ("Older" brings them back)
 
@@ -585,7 +588,7 @@
       lastHeard = Date.now();
       send({t: 'hello'});
     }
-  }, 5000);
+  }, WATCHDOG_MS);
 
   window.addEventListener('offline', () => setStatus('offline', role !== 'leader'));
   window.addEventListener('online', () => {

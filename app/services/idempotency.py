@@ -123,7 +123,7 @@ class InTransaction(Database):
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
         yield self._connection
 
-    async def dispose(self) -> None:
+    async def dispose(self, timeout: float = 3.0) -> None:
         raise RuntimeError("the transaction's owner closes it")
 
 

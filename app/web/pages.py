@@ -47,6 +47,7 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         limits=_Limits,
         stream_url=f"/events?last_event_id={cursor}",
         csrf_token=csrf.token_of(request.scope),
+        silence_ms=round(rt.settings.stream_silence_seconds * 1000),
     )
     response = html(body, headers=kind_headers(Kind.PAGE))
     if needs_cookie:
