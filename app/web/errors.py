@@ -38,7 +38,9 @@ DEFAULT_REASONS = {
     500: "Something went wrong on our side.",
     503: "Temporarily unavailable, try again shortly.",
 }
-DATABASE_UNAVAILABLE = "The database is unavailable; nothing was saved. Try again shortly."
+# Not "nothing was saved": a write whose COMMIT timed out may still commit. A retry with the
+# same Idempotency-Key (the page keeps one per form content) is never saved twice.
+DATABASE_UNAVAILABLE = "The database is unavailable right now; try again shortly."
 
 
 class PublicError(HTTPException):
