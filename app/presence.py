@@ -97,7 +97,8 @@ class PresenceTracker:
         self._unrecorded: dict[uuid.UUID, _Arrival] = {}  # joins not yet written
         self._unlisted: set[uuid.UUID] = set()  # past their address's allowance, not recorded
         self._unremoved: set[uuid.UUID] = set()  # leaves not yet written
-        self._reassert = False  # our rows were lost with our worker row
+        self._reassert = False  # our rows may be gone: our worker row expired, or a failover
+        self._arrivals: dict[uuid.UUID, _Arrival] = {}  # streaming visitors, to record again
 
     def _lock(self, visitor_id: uuid.UUID) -> asyncio.Lock:
         lock = self._locks.get(visitor_id)
@@ -124,7 +125,7 @@ class PresenceTracker:
             return
         if self._streams[vid] > 1:
             return
-        arrival = _Arrival(identity, address, new_per_minute)
+        arrival = self._arrivals[vid] = _Arrival(identity, address, new_per_minute)
         try:
             await self._join(arrival)
         except BaseException:
@@ -175,6 +176,7 @@ class PresenceTracker:
             self._streams[vid] = left
             return
         self._streams.pop(vid, None)
+        self._arrivals.pop(vid, None)
         if self._unrecorded.pop(vid, None) is not None or vid in self._unlisted:
             self._unlisted.discard(vid)
             lock = self._locks.get(vid)
@@ -211,7 +213,8 @@ class PresenceTracker:
             self._locks.pop(vid, None)
 
     def rows_lost(self) -> None:
-        """Our worker row was expired (and our rows with it) while we could not beat."""
+        """Our rows may be gone: our worker row was expired while we could not beat, or the
+        listener reconnected (after a failover the new primary may lack recent writes)."""
         self._reassert = True
 
     async def repair(self) -> None:
@@ -230,6 +233,15 @@ class PresenceTracker:
 
     async def _reassert_rows(self) -> None:
         ids = [v for v in self.visitors() if v not in self._unrecorded and v not in self._unlisted]
+        if not ids:
+            return
+        known = set(await recorded(self._db, ids))
+        for vid in ids:
+            if vid not in known and vid in self._arrivals:
+                # Their visitor row was lost (a failover to a standby that had not replayed
+                # it): record them again, as at their first stream (repair's next step).
+                self._unrecorded[vid] = self._arrivals[vid]
+        ids = [v for v in ids if v in known]
         if not ids:
             return
         async with self._db.transaction() as session:

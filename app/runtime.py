@@ -80,7 +80,9 @@ class Runtime:
         await self.registry.beat(connected)
 
     async def _resync_after_reconnect(self) -> None:
-        """Notifications sent while the listener was away are gone: every stream re-reads."""
+        """Notifications sent while the listener was away are gone: every stream re-reads.
+        Our presence rows may be gone too (a failover): the next heartbeat writes them again."""
+        self.presence.rows_lost()
         try:
             newest = await feed.newest_id(self.db)
         except (OSError, SQLAlchemyError) as exc:  # resync anyway, with the newest id we know
