@@ -273,23 +273,6 @@ async def _absent(visitor: Visitor, visitor_id: str) -> bool:
     return visitor_id not in await _online(visitor)
 
 
-async def test_concurrent_renames_to_one_name_have_one_winner(app_server: AppServerFactory) -> None:
-    server = await asyncio.to_thread(app_server, workers=2)
-    people = [await Visitor.arrive(server.base_url) for _ in range(4)]
-    try:
-        for round_ in range(5):
-            name = f"Only One {uuid.uuid4().hex[:6]} {round_}"
-            spellings = [name, name.upper(), name.lower(), name.title()]
-            answers = await asyncio.gather(
-                *(p.rename(s) for p, s in zip(people, spellings, strict=True))
-            )
-            statuses = sorted(a.status_code for a in answers)
-            assert statuses == [200, 422, 422, 422], [a.text for a in answers]
-    finally:
-        for person in people:
-            await person.aclose()
-
-
 async def test_a_generated_name_someone_shows_gets_a_suffix(
     app_server: AppServerFactory, database_url: str
 ) -> None:

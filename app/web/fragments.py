@@ -10,6 +10,7 @@ import hashlib
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 from markupsafe import Markup
 
 from app import metrics
@@ -103,7 +104,7 @@ def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> R
 
 
 @get("/fragments/activity/{raw_id:str}")
-async def activity_item(request: Request[Any, Any, Any], raw_id: str) -> Response[Any]:
+async def activity_item(request: Request[Any, Any, Any], raw_id: FromPath[str]) -> Response[Any]:
     item_id = params.item_id(raw_id)
     if item_id is None:  # only canonical positive bigints; asking is not an outage
         raise NotFound("No such feed item.")
