@@ -4,8 +4,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub
-from app.realtime.writer import WriterState
+from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, WriterState
 
 
 async def test_a_subscriber_that_never_drains_stays_bounded_and_gets_one_resync() -> None:

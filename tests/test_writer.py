@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.realtime import ACTIVITY, Event, Hub, Subscription
-from app.realtime.writer import TransitionError, WriterState
+from app.realtime import ACTIVITY, Event, Hub, Subscription, TransitionError, WriterState
 
 S = WriterState
 FRAME_1 = b"event: activity\nid: 1\ndata: 1\n\n"
