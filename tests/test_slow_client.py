@@ -1,6 +1,7 @@
 """A slow client for real: a stream whose reader stops while a burst fills its socket, then
-reads again. The server's send waits (the stream's task finishes it), frames queue behind it
-in order, the overflow becomes one `resync`, and afterwards frames are written at once again."""
+reads again. The stream's send waits, frames queue behind it in order, an overflow becomes a
+`resync` (never a silent gap), and once the client has caught up new frames reach it at once
+again."""
 
 import asyncio
 import time
@@ -45,7 +46,7 @@ def _ids(events: list[SSEEvent]) -> list[int]:
     return [int(e.id or 0) for e in events]
 
 
-async def test_a_slow_client_gets_its_frames_in_order_then_one_resync_then_live_frames(
+async def test_a_slow_client_gets_frames_in_order_a_resync_for_each_gap_then_live_frames(
     app_server: AppServerFactory, database_url: str
 ) -> None:
     knobs = {"RIPPLE_SEND_TIMEOUT_SECONDS": "60"}  # slow, not stuck: the watchdog stays out
@@ -71,18 +72,23 @@ async def test_a_slow_client_gets_its_frames_in_order_then_one_resync_then_live_
         reader = Reader(stalled)
         await reader.until(lambda e: e.id is not None and int(e.id) >= LAST, 60)
         live = [e for e in reader.events if e.event in ("activity", "resync")]
-        kinds = [e.event for e in live]
-        assert kinds.count("resync") == 1, kinds[-5:]
-        cut = kinds.index("resync")
-        head, resync, tail = live[:cut], live[cut], live[cut + 1 :]
-        assert resync.data == "overflow"
-        # In order and nothing missing before the resync; the resync names the newest id at
-        # the overflow; after it, every later frame in order up to the last.
-        assert _ids(head) == list(range(FIRST, FIRST + len(head)))
-        assert len(head) > 1000  # the socket took many frames before the send had to wait
-        resync_id = int(resync.id or 0)
-        assert FIRST + len(head) <= resync_id <= LAST
-        assert _ids(tail) == list(range(resync_id + 1, LAST + 1))
+        assert int(live[-1].id or 0) == LAST
+        resyncs = [e for e in live if e.event == "resync"]
+        assert resyncs, "the buffer overflowed, but no resync was sent"
+        assert all(e.data == "overflow" for e in resyncs)
+        # Nothing is lost silently: ids only grow, and every gap is covered by a resync
+        # naming an id at least as new as the frame after the gap's start.
+        covered = FIRST - 1
+        for event in live:
+            n = int(event.id or 0)
+            if event.event == "resync":
+                assert n >= covered
+                covered = n
+            else:
+                assert n == covered + 1, f"activity {n} after {covered} with no resync"
+                covered = n
+        # Frames went out in order before the send had to wait.
+        assert sum(1 for e in live if e.event == "activity") > 1000
         # Caught up: a new item reaches this stream at once again.
         async with await Visitor.arrive(base) as visitor:
             item = str((await visitor.post("after the slow client caught up")).json()["id"])
