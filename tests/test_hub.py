@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, Subscription, WriterState, pump
+from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, WriterState
 
 
 async def test_a_subscriber_that_never_drains_stays_bounded_and_gets_one_resync() -> None:
@@ -58,6 +58,37 @@ async def test_replayed_ids_are_not_sent_twice() -> None:
     assert sub.take()[0] == b"event: activity\nid: 6\ndata: 6\n\n"
 
 
+async def test_the_stream_task_waits_while_idle_and_wakes_for_a_send_that_waits_or_the_end() -> (
+    None
+):
+    hub = Hub()
+    send = RecordingSend()
+    sub = hub.subscribe()
+    sub.attached(send)  # type: ignore[arg-type]
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    hub.publish(Event(ACTIVITY, "1"))  # written by the fan-out loop: nothing for the task
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    send.gate = asyncio.Event()
+    hub.publish(Event(ACTIVITY, "2"))  # this send must wait: the task is woken to finish it
+    await asyncio.wait_for(waiter, 1)
+    assert sub.state.name == WriterState.WAITING_ON_SOCKET.name
+    send.gate.set()
+    await asyncio.wait_for(sub.finish_waiting_send(), 1)
+    assert sub.state.name == WriterState.IDLE.name
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    hub.close_all()
+    await asyncio.wait_for(waiter, 1)
+    assert sub.closed
+    assert send.chunks == [
+        b"event: activity\nid: 1\ndata: 1\n\n",
+        b"event: activity\nid: 2\ndata: 2\n\n",
+    ]
+
+
 class RecordingSend:
     """An ASGI `send` that records body chunks; while `gate` is set it waits on it first,
     as a server does when the client's socket is full."""
@@ -72,94 +103,68 @@ class RecordingSend:
             raise OSError("connection reset")
         if self.gate is not None:
             await self.gate.wait()
-        if message["type"] == "http.response.body":
-            body = message["body"]
-            assert isinstance(body, bytes)
-            self.chunks.append(body)
+        body = message["body"]
+        assert isinstance(body, bytes)
+        self.chunks.append(body)
 
 
-async def _never() -> dict[str, object]:
-    """An ASGI `receive` of a client that stays connected."""
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
-
-
-def _stream(hub: Hub, send: RecordingSend) -> tuple[Subscription, asyncio.Task[None]]:
-    """A subscription with its stream task running, as app.web.events starts one."""
+async def test_an_idle_attached_stream_is_written_from_the_fan_out_loop() -> None:
+    hub = Hub()
+    send = RecordingSend()
     sub = hub.subscribe()
-    task = asyncio.create_task(pump(sub, send, _never, b"first", []))  # type: ignore[arg-type]
-    sub.task = task
-    return sub, task
-
-
-async def _settle() -> None:
-    for _ in range(10):
-        await asyncio.sleep(0)
-
-
-def frame(n: int) -> bytes:
-    return f"event: activity\nid: {n}\ndata: {n}\n\n".encode()
-
-
-async def test_the_stream_task_waits_while_idle_and_is_woken_by_a_frame_or_the_end() -> None:
-    hub = Hub()
-    send = RecordingSend()
-    sub, task = _stream(hub, send)
-    await _settle()
-    assert sub.state.name == WriterState.IDLE.name
-    hub.publish(Event(ACTIVITY, "1"))
-    assert sub.state.name == WriterState.QUEUED.name  # buffered; the fan-out loop never sends
-    assert send.chunks == [b"first"]
-    await _settle()
-    assert send.chunks == [b"first", frame(1)]
-    assert sub.state.name == WriterState.IDLE.name
-    hub.close_all()
-    await asyncio.wait_for(task, 1)
-    assert sub.state.name == WriterState.CLOSED.name
-    assert send.chunks[-1] == b""  # ended cleanly: the client reconnects elsewhere
-
-
-async def test_frames_behind_a_send_that_waits_queue_in_order_and_go_out_as_one_chunk() -> None:
-    hub = Hub()
-    send = RecordingSend()
-    sub, task = _stream(hub, send)
-    await _settle()
-    send.gate = asyncio.Event()
-    hub.publish(Event(ACTIVITY, "1"))
-    await _settle()  # the task's send of frame 1 waits, as for a client that reads slowly
-    assert sub.state.name == WriterState.SENDING.name
-    assert sub.send_started > 0
-    assert hub.stuck_streams(-1.0) == [sub]  # the watchdog can see the send in progress
-    hub.publish(Event(ACTIVITY, "2"))
-    hub.publish(Event(ACTIVITY, "3"))
-    assert sub.state.name == WriterState.SENDING.name
-    send.gate.set()
-    await _settle()
-    assert send.chunks == [b"first", frame(1), frame(2) + frame(3)]
-    assert sub.state.name == WriterState.IDLE.name
-    assert sub.send_started == 0.0
+    sub.replayed_upto = 5
+    sub.attached(send)  # type: ignore[arg-type]
+    for n in (5, 6, 7):
+        hub.publish(Event(ACTIVITY, str(n)))
+    # Written at once, in order, replayed ids skipped, nothing left for the stream's task.
+    assert send.chunks == [
+        b"event: activity\nid: 6\ndata: 6\n\n",
+        b"event: activity\nid: 7\ndata: 7\n\n",
+    ]
+    assert not sub.pending()
     hub.unsubscribe(sub)
-    await asyncio.wait_for(task, 1)
+
+
+async def test_a_write_that_must_wait_is_finished_by_the_stream_and_later_frames_queue() -> None:
+    hub = Hub()
+    send = RecordingSend()
+    send.gate = asyncio.Event()
+    sub = hub.subscribe()
+    sub.attached(send)  # type: ignore[arg-type]
+    hub.publish(Event(ACTIVITY, "1"))  # the send suspends: handed to the stream
+    hub.publish(Event(ACTIVITY, "2"))  # queued behind it, not written around it
+    assert send.chunks == []
+    assert sub.send_started > 0  # the watchdog can see the stuck send
+    waiter = asyncio.create_task(sub.wait())
+    await asyncio.wait_for(waiter, 1)  # the stream's task is woken to finish it
+    finishing = asyncio.create_task(sub.finish_waiting_send())
+    for _ in range(5):  # it waits, as a server's send waits for the client to read
+        await asyncio.sleep(0)
+    assert not finishing.done()
+    send.gate.set()
+    await asyncio.wait_for(finishing, 1)
+    assert send.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
+    assert sub.send_started == 0.0
+    assert sub.state.name == WriterState.DRAINING.name  # frame 2 is queued: the task sends it next
+    await asyncio.wait_for(sub.drain(), 1)
+    assert send.chunks[1:] == [b"event: activity\nid: 2\ndata: 2\n\n"]
+    assert sub.state.name == WriterState.IDLE.name
+    hub.unsubscribe(sub)
 
 
 async def test_a_broken_connection_ends_that_stream_only() -> None:
     hub = Hub()
     broken, healthy = RecordingSend(), RecordingSend()
-    (sub_broken, task_broken), (sub_healthy, task_healthy) = (
-        _stream(hub, broken),
-        _stream(hub, healthy),
-    )
-    await _settle()
     broken.fail = True
+    subs = [hub.subscribe(), hub.subscribe()]
+    subs[0].attached(broken)  # type: ignore[arg-type]
+    subs[1].attached(healthy)  # type: ignore[arg-type]
     hub.publish(Event(ACTIVITY, "1"))
-    await asyncio.wait_for(task_broken, 1)  # ends without an error
-    assert sub_broken.disconnected
-    assert sub_broken.state.name == WriterState.CLOSED.name
-    await _settle()
-    assert healthy.chunks == [b"first", frame(1)]
-    assert not sub_healthy.closed
-    hub.unsubscribe(sub_healthy)
-    await asyncio.wait_for(task_healthy, 1)
+    assert subs[0].closed
+    assert subs[0].disconnected
+    assert healthy.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
+    for sub in subs:
+        hub.unsubscribe(sub)
 
 
 class OnlyNext:
@@ -176,8 +181,8 @@ class OnlyNext:
 
 
 class PlainAwaitable:
-    """What some servers' `send` returns (granian's): an awaitable whose iterator has only
-    `__next__` (no generator `send` or `close`); it waits on `gate` once if given one."""
+    """What some servers' `send` returns: an awaitable whose iterator has only `__next__`
+    (no generator `send` or `close`); it waits on `gate` once if given one."""
 
     def __init__(self, chunks: list[bytes], body: bytes, gate: asyncio.Future[None] | None):
         self.chunks, self.body, self.gate = chunks, body, gate
@@ -187,33 +192,35 @@ class PlainAwaitable:
 
     def _steps(self) -> Iterator[object]:
         if self.gate is not None:
-            yield from self.gate.__await__()
+            yield from self.gate.__await__()  # marks the future as awaited, as `await` does
         self.chunks.append(self.body)
 
 
-async def test_a_send_that_returns_a_plain_awaitable_is_awaited_the_same_way() -> None:
+async def test_a_send_that_returns_a_plain_awaitable_is_stepped_the_same_way() -> None:
     hub = Hub()
     chunks: list[bytes] = []
     gates: list[asyncio.Future[None]] = []
 
     def send(message: dict[str, Any]) -> PlainAwaitable:
-        gate = None
-        if message.get("body") == frame(1):  # this one waits, as on a full socket
-            gate = asyncio.get_running_loop().create_future()
+        gate = asyncio.get_running_loop().create_future() if gates == [] else None
+        if gate is not None:
             gates.append(gate)
-        return PlainAwaitable(chunks, message.get("body", b""), gate)
+        return PlainAwaitable(chunks, message["body"], gate)
 
     sub = hub.subscribe()
-    task = asyncio.create_task(pump(sub, send, _never, b"first", []))  # type: ignore[arg-type]
-    await _settle()
-    hub.publish(Event(ACTIVITY, "1"))
-    await _settle()
-    assert sub.state.name == WriterState.SENDING.name
-    hub.publish(Event(ACTIVITY, "2"))  # queued behind it
+    sub.attached(send)  # type: ignore[arg-type]
+    hub.publish(Event(ACTIVITY, "1"))  # waits on its gate: handed to the stream's task
+    assert chunks == []
+    finishing = asyncio.create_task(sub.finish_waiting_send())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not finishing.done()
     gates[0].set_result(None)
-    await _settle()
-    assert chunks == [b"", b"first", frame(1), frame(2)]  # b"": the response start
-    assert sub.state.name == WriterState.IDLE.name
+    await asyncio.wait_for(finishing, 1)
+    hub.publish(Event(ACTIVITY, "2"))  # completes at once, from the fan-out loop
+    assert chunks == [
+        b"event: activity\nid: 1\ndata: 1\n\n",
+        b"event: activity\nid: 2\ndata: 2\n\n",
+    ]
+    assert not sub.closed
     hub.unsubscribe(sub)
-    await asyncio.wait_for(task, 1)
-    assert not sub.disconnected

@@ -22,12 +22,19 @@ class Send:
         self.chunks: list[bytes] = []
         self.gate: asyncio.Event | None = None
         self.fail = False
+        self.closed_midway = 0  # sends stopped at their await (GeneratorExit)
 
     async def __call__(self, message: dict[str, Any]) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
         if self.fail:
             raise OSError("connection reset")
+        if self.gate is not None:
+            try:
+                await self.gate.wait()
+            except GeneratorExit:
+                self.closed_midway += 1
+                raise
+            if self.fail:
+                raise OSError("connection reset")
         self.chunks.append(message["body"])
 
 
@@ -37,34 +44,32 @@ def state_of(sub: Subscription) -> WriterState:
 
 
 async def in_state(state: WriterState) -> tuple[Hub, Subscription, Send]:
-    """A subscription brought to `state` the way a stream gets there. In SENDING, the
-    send is in progress in a task of its own (`sub.task`), waiting on `send.gate`."""
+    """A subscription brought to `state` the way a stream gets there."""
     hub, send = Hub(), Send()
     sub = hub.subscribe()
-    if state is not S.OPENING:
+    if state is S.OPENING:
+        pass
+    elif state is S.IDLE:
         sub.attached(send)  # type: ignore[arg-type]
-    if state is S.QUEUED:
-        hub.publish(Event(ACTIVITY, "1"))
-    elif state is S.SENDING:
-        hub.publish(Event(ACTIVITY, "1"))
+    elif state is S.WAITING_ON_SOCKET:
+        sub.attached(send)  # type: ignore[arg-type]
         send.gate = asyncio.Event()
-        sub.task = asyncio.create_task(sub.drain())
-        await asyncio.sleep(0)
+        hub.publish(Event(ACTIVITY, "1"))
+    elif state is S.DRAINING:
+        hub.publish(Event(ACTIVITY, "1"))  # buffered while opening
+        sub.attached(send)  # type: ignore[arg-type]
     elif state is S.CLOSING:
         sub.close()
     elif state is S.CLOSED:
         sub.close()
         sub.finished()
+    elif state is S.WRITING_DIRECT:
+        # Only the fan-out loop sees it, inside one synchronous step of a send: set it
+        # directly to check what is refused there.
+        sub.attached(send)  # type: ignore[arg-type]
+        sub.state = S.WRITING_DIRECT
     assert state_of(sub) is state
     return hub, sub, send
-
-
-async def finish(sub: Subscription, send: Send) -> None:
-    """Let a send in progress (SENDING) return."""
-    assert send.gate is not None
-    assert sub.task is not None
-    send.gate.set()
-    await asyncio.wait_for(sub.task, 1)
 
 
 # -- every allowed transition ------------------------------------------------------------
@@ -76,12 +81,12 @@ async def test_attached_opening_to_idle_when_nothing_is_buffered() -> None:
     assert state_of(sub) is S.IDLE
 
 
-async def test_attached_opening_to_queued_when_frames_came_while_opening() -> None:
+async def test_attached_opening_to_draining_when_frames_came_while_opening() -> None:
     hub, sub, send = await in_state(S.OPENING)
     hub.publish(Event(ACTIVITY, "1"))
-    assert state_of(sub) is S.OPENING  # buffered, nothing else
+    assert send.chunks == []  # not attached yet: buffered
     sub.attached(send)  # type: ignore[arg-type]
-    assert state_of(sub) is S.QUEUED
+    assert state_of(sub) is S.DRAINING
 
 
 async def test_attached_after_close_stays_closing() -> None:
@@ -90,85 +95,117 @@ async def test_attached_after_close_stays_closing() -> None:
     assert state_of(sub) is S.CLOSING
 
 
-async def test_queued_idle_to_queued_wakes_the_waiting_task() -> None:
+async def test_write_direct_idle_to_idle_when_the_send_completes_at_once() -> None:
     hub, sub, send = await in_state(S.IDLE)
-    waiter = asyncio.create_task(sub.wait())
-    await asyncio.sleep(0)
-    assert not waiter.done()
     hub.publish(Event(ACTIVITY, "1"))
-    assert state_of(sub) is S.QUEUED
-    await asyncio.wait_for(waiter, 1)
-    assert send.chunks == []  # the fan-out loop never writes to the socket
-
-
-async def test_a_frame_buffered_while_queued_or_sending_changes_no_state() -> None:
-    hub, sub, _ = await in_state(S.QUEUED)
-    hub.publish(Event(ACTIVITY, "2"))
-    assert state_of(sub) is S.QUEUED
-    hub, sub, _ = await in_state(S.SENDING)
-    hub.publish(Event(ACTIVITY, "2"))
-    assert state_of(sub) is S.SENDING
-
-
-async def test_begin_send_queued_to_sending_takes_everything_buffered() -> None:
-    hub, sub, _ = await in_state(S.QUEUED)
-    hub.publish(Event(ACTIVITY, "2"))
-    chunk, oldest = sub.begin_send()
-    assert chunk == FRAME_1 + FRAME_2
-    assert oldest > 0
-    assert state_of(sub) is S.SENDING
-    assert sub.send_started > 0
+    assert send.chunks == [FRAME_1]
+    assert state_of(sub) is S.IDLE
     assert not sub.pending()
 
 
-async def test_sent_sending_to_idle_when_nothing_came_meanwhile() -> None:
-    _, sub, send = await in_state(S.SENDING)
-    assert sub.task is not None
+async def test_write_direct_idle_to_waiting_on_socket_when_the_send_must_wait() -> None:
+    hub, sub, send = await in_state(S.IDLE)
+    send.gate = asyncio.Event()
+    hub.publish(Event(ACTIVITY, "1"))
+    assert state_of(sub) is S.WAITING_ON_SOCKET
+    assert sub.send_started > 0
+    hub.publish(Event(ACTIVITY, "2"))  # queued behind the waiting send
+    assert sub.pending()
+    assert send.chunks == []
+
+
+async def test_write_direct_idle_to_closing_when_the_send_fails() -> None:
+    hub, sub, send = await in_state(S.IDLE)
+    send.fail = True
+    hub.publish(Event(ACTIVITY, "1"))
+    assert state_of(sub) is S.CLOSING
+    assert sub.disconnected
+
+
+async def test_finish_waiting_send_to_idle_when_nothing_queued_meanwhile() -> None:
+    _, sub, send = await in_state(S.WAITING_ON_SOCKET)
+    assert send.gate is not None
+    finishing = asyncio.create_task(sub.finish_waiting_send())
     await asyncio.sleep(0.01)
-    assert not sub.task.done()  # waits as the server's send waits
-    await finish(sub, send)
+    assert not finishing.done()  # waits as the server's send waits
+    send.gate.set()
+    await asyncio.wait_for(finishing, 1)
     assert send.chunks == [FRAME_1]
     assert state_of(sub) is S.IDLE
     assert sub.send_started == 0.0
 
 
-async def test_sent_sending_to_queued_when_frames_came_meanwhile() -> None:
-    hub, sub, send = await in_state(S.SENDING)
-    hub.publish(Event(ACTIVITY, "2"))  # behind the send in progress, in order
-    await finish(sub, send)
-    assert state_of(sub) is S.QUEUED
+async def test_finish_waiting_send_to_draining_when_frames_queued_meanwhile() -> None:
+    hub, sub, send = await in_state(S.WAITING_ON_SOCKET)
+    assert send.gate is not None
+    hub.publish(Event(ACTIVITY, "2"))
+    send.gate.set()
+    await asyncio.wait_for(sub.finish_waiting_send(), 1)
+    assert state_of(sub) is S.DRAINING
+
+
+async def test_finish_waiting_send_to_closing_when_the_send_fails() -> None:
+    _, sub, send = await in_state(S.WAITING_ON_SOCKET)
+    assert send.gate is not None
+    send.fail = True
+    send.gate.set()
+    await asyncio.wait_for(sub.finish_waiting_send(), 1)
+    assert state_of(sub) is S.CLOSING
+    assert sub.disconnected
+
+
+async def test_finish_waiting_send_stays_closing_when_closed_meanwhile() -> None:
+    _, sub, send = await in_state(S.WAITING_ON_SOCKET)
+    assert send.gate is not None
+    finishing = asyncio.create_task(sub.finish_waiting_send())
+    await asyncio.sleep(0.01)
+    sub.close()
+    send.gate.set()
+    await asyncio.wait_for(finishing, 1)
+    assert state_of(sub) is S.CLOSING
+
+
+async def test_drain_to_idle_sends_everything_buffered_as_one_chunk() -> None:
+    hub, sub, send = await in_state(S.OPENING)
+    hub.publish(Event(ACTIVITY, "1"))
+    hub.publish(Event(ACTIVITY, "2"))
+    sub.attached(send)  # type: ignore[arg-type]
+    await asyncio.wait_for(sub.drain(), 1)
+    assert send.chunks == [FRAME_1 + FRAME_2]
+    assert state_of(sub) is S.IDLE
+
+
+async def test_drain_to_draining_when_frames_queue_during_its_send() -> None:
+    hub, sub, send = await in_state(S.DRAINING)
+    send.gate = asyncio.Event()
+    draining = asyncio.create_task(sub.drain())
+    await asyncio.sleep(0.01)
+    assert sub.send_started > 0
+    hub.publish(Event(ACTIVITY, "2"))  # the task owns the socket: buffered, in order
+    send.gate.set()
+    await asyncio.wait_for(draining, 1)
+    assert state_of(sub) is S.DRAINING
     await asyncio.wait_for(sub.drain(), 1)
     assert send.chunks == [FRAME_1, FRAME_2]
     assert state_of(sub) is S.IDLE
 
 
-async def test_sent_stays_closing_when_closed_during_the_send() -> None:
-    _, sub, send = await in_state(S.SENDING)
+async def test_drain_stays_closing_when_closed_during_its_send() -> None:
+    _, sub, send = await in_state(S.DRAINING)
+    send.gate = asyncio.Event()
+    draining = asyncio.create_task(sub.drain())
+    await asyncio.sleep(0.01)
     sub.close()
-    await finish(sub, send)
+    send.gate.set()
+    await asyncio.wait_for(draining, 1)
     assert state_of(sub) is S.CLOSING
 
 
-async def test_a_send_that_raises_ends_the_stream_as_disconnected() -> None:
-    _, sub, send = await in_state(S.SENDING)
-    send.fail = True
-    await finish(sub, send)
-    assert state_of(sub) is S.CLOSING
-    assert sub.disconnected
-
-
-async def test_a_queued_chunk_of_replayed_ids_only_sends_nothing() -> None:
-    hub, sub, send = await in_state(S.OPENING)
-    hub.publish(Event(ACTIVITY, "1"))  # buffered before the replay said how far it went
-    sub.replayed_upto = 1
-    sub.attached(send)  # type: ignore[arg-type]
-    await asyncio.wait_for(sub.drain(), 1)
-    assert send.chunks == []
-    assert state_of(sub) is S.IDLE
-
-
-@pytest.mark.parametrize("state", list(S))
-async def test_close_from_every_state(state: WriterState) -> None:
+@pytest.mark.parametrize(
+    "state",
+    [S.OPENING, S.IDLE, S.WAITING_ON_SOCKET, S.DRAINING, S.CLOSING, S.CLOSED],
+)
+async def test_close_from_every_state_but_a_direct_write(state: WriterState) -> None:
     hub, sub, send = await in_state(state)
     waiter = asyncio.create_task(sub.wait())
     sub.close()
@@ -176,15 +213,12 @@ async def test_close_from_every_state(state: WriterState) -> None:
     assert sub.closed
     await asyncio.wait_for(waiter, 1)  # the stream's task is woken to end
     buffered = sub.pending()
-    hub.publish(Event(ACTIVITY, "2"))  # dropped: nothing is buffered any more
+    hub.publish(Event(ACTIVITY, "2"))  # dropped: nothing is written or buffered any more
     assert sub.pending() is buffered
-    if send.gate is not None:
-        send.gate.set()
-        await asyncio.sleep(0)
     assert FRAME_2 not in b"".join(send.chunks) + sub.take()[0]
 
 
-@pytest.mark.parametrize("state", [S.OPENING, S.IDLE, S.QUEUED, S.SENDING])
+@pytest.mark.parametrize("state", [S.OPENING, S.IDLE, S.WAITING_ON_SOCKET, S.DRAINING])
 async def test_disconnect_closes_and_marks_the_client_gone(state: WriterState) -> None:
     _, sub, _ = await in_state(state)
     sub.disconnect()
@@ -192,30 +226,33 @@ async def test_disconnect_closes_and_marks_the_client_gone(state: WriterState) -
     assert sub.disconnected
 
 
-async def test_time_out_sending_to_closing_cancels_the_send() -> None:
-    hub, sub, send = await in_state(S.SENDING)
-    assert hub.stuck_streams(-1.0) == [sub]  # a send in progress, older than "now + 1"
-    assert sub.task is not None
+@pytest.mark.parametrize("state", [S.WAITING_ON_SOCKET, S.DRAINING])
+async def test_time_out_closes_and_cancels_the_stream_task(state: WriterState) -> None:
+    _, sub, _ = await in_state(state)
+    sub.task = asyncio.create_task(asyncio.sleep(10))
     sub.time_out()
     assert state_of(sub) is S.CLOSING
     assert sub.timed_out
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(sub.task, 1)
-    assert send.chunks == []
 
 
-async def test_finished_closing_to_closed() -> None:
-    _, sub, _ = await in_state(S.CLOSING)
+async def test_finished_closing_to_closed_drops_a_send_still_waiting() -> None:
+    _, sub, send = await in_state(S.WAITING_ON_SOCKET)
+    sub.close()
     sub.finished()
     assert state_of(sub) is S.CLOSED
+    assert send.closed_midway == 1  # the half-done send was stopped at its await
+    assert sub.send_started == 0.0
     sub.finished()  # again: stays CLOSED
     assert state_of(sub) is S.CLOSED
 
 
 async def test_the_watchdog_sees_only_sends_in_progress() -> None:
-    for state in S:
-        hub, sub, _ = await in_state(state)
-        assert (hub.stuck_streams(-1.0) == [sub]) is (state is S.SENDING), state
+    hub, sub, _ = await in_state(S.WAITING_ON_SOCKET)
+    assert hub.stuck_streams(-1.0) == [sub]  # any send in progress is older than "now + 1"
+    _, idle, _ = await in_state(S.IDLE)
+    assert not idle.stuck_since(float("inf"))
 
 
 # -- every forbidden transition ------------------------------------------------------------
@@ -227,20 +264,20 @@ async def _attached(sub: Subscription, send: Send) -> None:
     sub.attached(send)  # type: ignore[arg-type]
 
 
-async def _queued(sub: Subscription, send: Send) -> None:
-    sub.queued()
+async def _write_direct(sub: Subscription, send: Send) -> None:
+    sub.write_direct(FRAME_2, 0.0)
 
 
-async def _begin_send(sub: Subscription, send: Send) -> None:
-    sub.begin_send()
-
-
-async def _sent(sub: Subscription, send: Send) -> None:
-    sub.sent()
+async def _finish(sub: Subscription, send: Send) -> None:
+    await sub.finish_waiting_send()
 
 
 async def _drain(sub: Subscription, send: Send) -> None:
     await sub.drain()
+
+
+async def _close(sub: Subscription, send: Send) -> None:
+    sub.close()
 
 
 async def _time_out(sub: Subscription, send: Send) -> None:
@@ -253,11 +290,11 @@ async def _finished(sub: Subscription, send: Send) -> None:
 
 ALLOWED: dict[str, tuple[Transition, set[WriterState]]] = {
     "attached": (_attached, {S.OPENING, S.CLOSING}),
-    "queued": (_queued, {S.IDLE}),
-    "begin_send": (_begin_send, {S.QUEUED}),
-    "sent": (_sent, {S.SENDING, S.CLOSING}),
-    "drain": (_drain, {S.QUEUED}),  # named begin_send in its error: its first step
-    "time_out": (_time_out, {S.SENDING}),
+    "write_direct": (_write_direct, {S.IDLE}),
+    "finish_waiting_send": (_finish, {S.WAITING_ON_SOCKET}),
+    "drain": (_drain, {S.DRAINING}),
+    "close": (_close, set(S) - {S.WRITING_DIRECT}),
+    "time_out": (_time_out, {S.WAITING_ON_SOCKET, S.DRAINING}),
     "finished": (_finished, {S.CLOSING, S.CLOSED}),
 }
 
@@ -275,8 +312,7 @@ async def test_a_forbidden_transition_raises_and_changes_nothing(
 ) -> None:
     _, sub, send = await in_state(state)
     transition = ALLOWED[name][0]
-    step = "begin_send" if name == "drain" else name
-    with pytest.raises(TransitionError, match=f"{step} from {state.name}"):
+    with pytest.raises(TransitionError, match=f"{name} from {state.name}"):
         await transition(sub, send)
     assert state_of(sub) is state
     assert not sub.timed_out

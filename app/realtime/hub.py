@@ -1,8 +1,9 @@
 """In-process fan-out from the one listener to every stream open on this worker.
 
-publish() never waits. Each frame is encoded once per event and goes into every
-stream's bounded buffer; an idle stream's task is woken to send it (app.realtime.writer
-says who writes to a socket when: only that task). Counter and
+publish() never waits. Each frame is encoded once per event. A stream whose writer is
+idle (nothing queued, no send in progress) gets the frame written at once, from the
+fan-out loop itself; otherwise the frame goes into the stream's bounded buffer, which the
+stream's own task drains (app.realtime.writer says who writes when). Counter and
 presence events are state ("the value changed"), so only the newest matters: they are
 throttled per worker and coalesced per stream. Feed events are kept in order; a stream
 that falls too far behind gets one `resync` instead.
@@ -17,16 +18,16 @@ from collections import deque
 
 from app import metrics
 from app.realtime.events import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event, encode_frame
-from app.realtime.writer import CLOSED, CLOSING, IDLE, StreamWriter
+from app.realtime.writer import ENDING, IDLE, StreamWriter
 
 _ids = itertools.count(1)
 
 
 class Subscription(StreamWriter):
-    """One open stream: what the hub buffers for it; StreamWriter says who sends it when.
+    """One open stream: what the hub buffers for it, and (from StreamWriter) who writes it.
 
-    The fan-out loop only buffers (bounded, coalesced) and wakes an idle stream's task;
-    once the stream is ending, frames are dropped.
+    The fan-out loop writes a frame at once while the writer is IDLE; in any other state
+    it buffers the frame here (bounded, coalesced), or drops it once the stream is ending.
     """
 
     __slots__ = ("_activity", "_capacity", "_resync", "_state", "id", "replayed_upto")
@@ -44,7 +45,11 @@ class Subscription(StreamWriter):
         self, activity_id: int, frame: bytes, received: float, resync: bytes
     ) -> None:
         state = self.state
-        if state is CLOSING or state is CLOSED or activity_id <= self.replayed_upto:
+        if state is IDLE:
+            if activity_id > self.replayed_upto:
+                self.write_direct(frame, received)
+            return
+        if state in ENDING:
             return
         if len(self._activity) >= self._capacity:
             self._activity.clear()
@@ -52,28 +57,28 @@ class Subscription(StreamWriter):
             metrics.RESYNCS_SENT.labels("overflow").inc()
         else:
             self._activity.append((activity_id, frame, received))
-        if state is IDLE:
-            self.queued()
 
     def offer_state(self, kind: str, frame: bytes, received: float) -> bool:
         """Keep only the newest frame of a kind; True if an older one was replaced."""
         state = self.state
-        if state is CLOSING or state is CLOSED:
+        if state is IDLE:
+            self.write_direct(frame, received)
+            return False
+        if state in ENDING:
             return False
         replaced = kind in self._state
         self._state[kind] = (frame, received)
-        if state is IDLE:
-            self.queued()
         return replaced
 
     def offer_resync(self, frame: bytes) -> None:
         state = self.state
-        if state is CLOSING or state is CLOSED:
+        if state is IDLE:
+            self.write_direct(frame, time.monotonic())
+            return
+        if state in ENDING:
             return
         self._activity.clear()
         self._resync = frame
-        if state is IDLE:
-            self.queued()
 
     def take(self) -> tuple[bytes, float]:
         parts: list[bytes] = []

@@ -13,7 +13,7 @@ import contextlib
 from litestar.types import Receive, Send
 
 from app.realtime.hub import Subscription
-from app.realtime.writer import QUEUED
+from app.realtime.writer import DRAINING, WAITING_ON_SOCKET
 
 
 async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
@@ -33,8 +33,8 @@ async def pump(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
     """Send `headers` (app.web.security's STREAM kind) and `first`, then whatever the hub
-    buffers, until closed or disconnected. The stream's task, the only writer of its
-    socket (app.realtime.writer)."""
+    buffers, until closed or disconnected. The stream's task: it does what the writer's
+    state asks of it (app.realtime.writer)."""
     watcher = asyncio.create_task(_watch_disconnect(receive, sub))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -42,15 +42,19 @@ async def pump(
         sub.attached(send)
         while True:
             await sub.wait()
-            if sub.state is not QUEUED:  # CLOSING: shutdown, disconnect or unsubscribe
+            state = sub.state
+            if state is WAITING_ON_SOCKET:
+                await sub.finish_waiting_send()
+            elif state is DRAINING:
+                await sub.drain()
+            else:  # CLOSING
                 break
-            await sub.drain()
         if not sub.disconnected:
             # Server shutting down: end cleanly; the client reconnects (to another worker).
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        sub.close()  # before anything awaits: the hub stops buffering for a finished response
-        sub.finished()
+        sub.close()  # before anything awaits: the hub must not write to a finished response
+        sub.finished()  # drops a direct send still waiting: that frame is moot
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
