@@ -1,10 +1,11 @@
 """Who may write to one stream's socket, and when: the stream writer's state machine.
 
 Two parties write frames to a stream: the hub's fan-out loop (a frame for a stream that
-is idle goes out at once, by stepping the server's ASGI `send` once, which saves waking
-the stream's task) and the stream's own task (everything else). `StreamWriter.state`
-says which one owns the socket; every change of state is one method below, which checks
-the state it starts from. The transition table is in docs/architecture.md.
+is idle goes out at once, by stepping the server's ASGI `send` once: a burst reaches the
+sockets of clients that read instead of overflowing their buffers before their tasks run)
+and the stream's own task (everything else). `StreamWriter.state` says which one owns the
+socket; every change of state is one method below, which checks the state it starts
+from. The transition table is in docs/architecture.md.
 
     OPENING            the task sends the response head and the opening frames
     IDLE               nothing buffered, no send in progress: the fan-out loop writes
