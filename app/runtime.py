@@ -124,10 +124,8 @@ class Runtime:
             await asyncio.sleep(self.settings.ping_seconds * 0.9)
             self.hub.ping_all()
             for sub in self.hub.stuck_streams(self.settings.send_timeout_seconds):
-                sub.timed_out = True
                 metrics.SLOW_STREAMS_CLOSED.inc()
-                if sub.task is not None:
-                    sub.task.cancel()
+                sub.time_out()  # cancels the stream's task out of its send
 
     # -- lifecycle -----------------------------------------------------------------
 

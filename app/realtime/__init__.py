@@ -18,6 +18,7 @@ from app.realtime.events import (
 from app.realtime.hub import Hub, Subscription
 from app.realtime.listener import Listener, ListenerUnusable
 from app.realtime.stream import pump
+from app.realtime.writer import TransitionError, WriterState
 
 __all__ = [
     "ACTIVITY",
@@ -32,6 +33,8 @@ __all__ = [
     "ListenerUnusable",
     "PayloadError",
     "Subscription",
+    "TransitionError",
+    "WriterState",
     "encode_frame",
     "notify",
     "pump",

@@ -75,7 +75,7 @@ def _insert_as_visitor() -> Any:
     The lock is a one-row subquery the insert reads from, so it is held before the id is
     drawn and until the statement's transaction commits; the NOTIFY in RETURNING belongs
     to the same transaction. Built once with bind parameters (`visitor_id`, `kind`,
-    `body`): building and cache-keying it per call was a quarter of a post's CPU.
+    `body`): building and cache-keying it per call was a large part of a post's CPU.
     """
     feed_lock = select(func.pg_advisory_xact_lock(FEED_LOCK_KEY).label("locked")).subquery()
     source = (
