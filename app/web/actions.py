@@ -9,9 +9,10 @@ from litestar import Request, Response, post
 from app import ratelimit
 from app.identity import Identity
 from app.services import counter, feed, visitors
-from app.web.common import html, identity_cookie, render, runtime, visitor_of, wants_json
+from app.web.common import html, identity_cookie, render, respond, runtime, visitor_of
 from app.web.errors import TooManyRequests, Unprocessable
 from app.web.fragments import render_item
+from app.web.pages import refusals_as_page
 from app.web.security import Kind, kind_headers
 from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
 
@@ -58,18 +59,22 @@ def _with_identity(
 
 
 @post("/counter/increment", status_code=200)
+@refusals_as_page(area="counter-error")
 async def increment(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
     await request.body()  # unused, but an oversized body is refused (413) like everywhere
     await _limit(request, "increment", who)
     value = await counter.increment(runtime(request).db)
-    if wants_json(request):
-        return _with_identity(request, Response({"value": value}), who, new)
-    body = render(request, "partials/counter.html", counter_value=value)
-    return _with_identity(request, html(body), who, new)
+    response = await respond(
+        request,
+        json=lambda: Response({"value": value}),
+        htmx=lambda: html(render(request, "partials/counter.html", counter_value=value)),
+    )
+    return _with_identity(request, response, who, new)
 
 
 @post("/activity", status_code=201)
+@refusals_as_page(area="post-error", field="message")
 async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
     try:
@@ -80,14 +85,16 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
     rt = runtime(request)
     generation = rt.hub.resync_generation
     item = await feed.post(rt.db, who, message)
-    if wants_json(request):
-        response: Response[Any] = Response({"id": item.id}, status_code=201)
-    else:
-        response = html(render_item(request, item, generation)[0], status=201)
+    response = await respond(
+        request,
+        json=lambda: Response({"id": item.id}, status_code=201),
+        htmx=lambda: html(render_item(request, item, generation)[0], status=201),
+    )
     return _with_identity(request, response, who, new)
 
 
 @post("/me", status_code=200)
+@refusals_as_page(area="name-error", field="name")
 async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
     try:
@@ -97,9 +104,10 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
     await _limit(request, "rename", who)
     rt = runtime(request)
     name = await visitors.rename(rt.db, who, name)
-    if wants_json(request):
-        return _with_identity(request, Response({"name": name}), who, new)
-    view = await rt.presence_reads.get(None)
-    return _with_identity(
-        request, html(render(request, "partials/presence.html", presence=view)), who, new
-    )
+
+    async def presence_fragment() -> Response[Any]:
+        view = await rt.presence_reads.get(None)
+        return html(render(request, "partials/presence.html", presence=view))
+
+    response = await respond(request, json=lambda: Response({"name": name}), htmx=presence_fragment)
+    return _with_identity(request, response, who, new)
