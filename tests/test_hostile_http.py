@@ -339,7 +339,7 @@ async def test_security_headers_on_pages_fragments_errors_static_and_the_stream(
             await ann.get(f"/fragments/activity/{item_id.group(1)}"),
             await ann.increment(),
             await ann.rename("Header Checker"),
-            await ann.get("/static/app.js"),
+            await ann.get("/static/js/main.js"),
             await ann.get("/healthz"),
             await ann.get("/metrics"),
         ]
