@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
-from playwright.async_api import Request
+from playwright.async_api import Request, expect
 from support import database
 from support.browser import ServerFactory, Tab, Web
 from support.server import AppServer
@@ -170,4 +170,46 @@ async def test_a_live_item_is_fetched_by_its_url_and_a_burst_or_replay_by_list(
         shown = await a.feed_ids()
         assert shown == sorted(shown, reverse=True)
         assert len(shown) == len(set(shown))
+    await web.finish(a)
+
+
+async def test_older_pages_and_new_items_while_scrolled_down(web: Web, server: AppServer) -> None:
+    async with await Visitor.arrive(server.base_url) as other:
+        for i in range(60):  # more than one page (50)
+            assert (await other.post(f"filler {i} {_tag()}")).status_code == 201
+        a = await web.open(server.base_url, "a")
+        older = a.page.locator("#feed-older")
+        await expect(older).to_be_visible()
+        first_page = await a.feed_ids()
+        assert len(first_page) >= 50  # the page's 50, and maybe its own "joined"
+
+        await older.click()
+        await a.page.wait_for_function(
+            "(n) => document.querySelectorAll('#feed > li').length > n",
+            arg=len(first_page),
+            timeout=10_000,
+        )
+        shown = await a.feed_ids()
+        assert set(first_page) <= set(shown)
+        assert min(shown) < min(first_page), "older items go below the ones shown"
+        assert shown == sorted(set(shown), reverse=True)
+
+        # The reader scrolls down; a new item must not move what they are reading.
+        await a.page.eval_on_selector("#feed-scroll", "el => { el.scrollTop = 400; }")
+        reading = a.item((await a.feed_ids())[10])
+        top_before = (await reading.bounding_box() or {}).get("y")
+        answer = await other.post(f"while you read {_tag()}")
+        new_id = answer.json()["id"]
+        await a.wait_items([new_id])
+        badge = a.page.locator("#feed-new")
+        await expect(badge).to_be_visible()
+        await expect(badge).to_have_text(re.compile(r"^[1-9]\d* new$"))
+        top_after = (await reading.bounding_box() or {}).get("y")
+        assert top_before is not None
+        assert top_after is not None
+        assert abs(top_after - top_before) < 2, (top_before, top_after)
+
+        await badge.click()
+        await expect(badge).to_be_hidden()
+        assert (await a.feed_ids())[0] == new_id
     await web.finish(a)
