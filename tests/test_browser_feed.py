@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
-from playwright.async_api import Request, expect
+import pytest_asyncio
+from playwright.async_api import Locator, Request, expect
 from support import database
 from support.browser import ServerFactory, Tab, Web
 from support.server import AppServer
@@ -48,6 +49,7 @@ class FeedLock:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection
         self.transaction = connection.transaction()
+        self.released = False
 
     async def take(self) -> None:
         await self.transaction.start()
@@ -61,17 +63,28 @@ class FeedLock:
     async def release(self) -> None:
         """The waiting posts then commit one by one, in the order they queued."""
         await self.transaction.commit()
+        self.released = True
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def lock_connection(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the test's feed locks (closing it releases a lock still held)."""
+    connection = await database.connect(database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 @asynccontextmanager
-async def feed_lock(url: str) -> AsyncIterator[FeedLock]:
-    connection = await database.connect(url)
+async def feed_lock(connection: asyncpg.Connection) -> AsyncIterator[FeedLock]:
+    lock = FeedLock(connection)
+    await lock.take()
     try:
-        lock = FeedLock(connection)
-        await lock.take()
         yield lock
     finally:
-        await connection.close()  # also releases the lock if the test failed holding it
+        if not lock.released:
+            await lock.transaction.rollback()
 
 
 async def _shown_after_warm_up(tab: Tab, other: Visitor) -> None:
@@ -82,13 +95,13 @@ async def _shown_after_warm_up(tab: Tab, other: Visitor) -> None:
 
 
 async def test_another_visitors_items_committed_just_before_ones_own_are_shown(
-    web: Web, server: AppServer, database_url: str
+    web: Web, server: AppServer, lock_connection: asyncpg.Connection
 ) -> None:
     a = await web.open(server.base_url, "a")
     async with await Visitor.arrive(server.base_url) as other:
         await _shown_after_warm_up(a, other)
         for round_ in range(4):
-            async with feed_lock(database_url) as lock:
+            async with feed_lock(lock_connection) as lock:
                 theirs = [
                     asyncio.create_task(other.post(f"theirs {round_}.{i} {_tag()}"))
                     for i in range(2)
@@ -117,7 +130,7 @@ async def test_another_visitors_items_committed_just_before_ones_own_are_shown(
 
 
 async def test_a_live_item_is_fetched_by_its_url_and_a_burst_or_replay_by_list(
-    web: Web, server: AppServer, database_url: str
+    web: Web, server: AppServer, lock_connection: asyncpg.Connection
 ) -> None:
     context = await web.context("a")
     asked: list[str] = []
@@ -149,7 +162,7 @@ async def test_a_live_item_is_fetched_by_its_url_and_a_burst_or_replay_by_list(
 
         # A burst: twelve posts held behind the feed lock, then committed back to back.
         asked.clear()
-        async with feed_lock(database_url) as lock:
+        async with feed_lock(lock_connection) as lock:
             burst = [asyncio.create_task(other.post(f"burst {i} {_tag()}")) for i in range(12)]
             await lock.waiting(len(burst))
             await lock.release()
@@ -173,6 +186,12 @@ async def test_a_live_item_is_fetched_by_its_url_and_a_burst_or_replay_by_list(
     await web.finish(a)
 
 
+async def _top(locator: Locator) -> float:
+    box = await locator.bounding_box()
+    assert box is not None, "not rendered"
+    return box["y"]
+
+
 async def test_older_pages_and_new_items_while_scrolled_down(web: Web, server: AppServer) -> None:
     async with await Visitor.arrive(server.base_url) as other:
         for i in range(60):  # more than one page (50)
@@ -185,8 +204,8 @@ async def test_older_pages_and_new_items_while_scrolled_down(web: Web, server: A
 
         await older.click()
         await a.page.wait_for_function(
-            "(n) => document.querySelectorAll('#feed > li').length > n",
-            arg=len(first_page),
+            "(n) => Number(document.querySelector('#feed > li:last-child').dataset.id) < n",
+            arg=min(first_page),
             timeout=10_000,
         )
         shown = await a.feed_ids()
@@ -197,16 +216,14 @@ async def test_older_pages_and_new_items_while_scrolled_down(web: Web, server: A
         # The reader scrolls down; a new item must not move what they are reading.
         await a.page.eval_on_selector("#feed-scroll", "el => { el.scrollTop = 400; }")
         reading = a.item((await a.feed_ids())[10])
-        top_before = (await reading.bounding_box() or {}).get("y")
+        top_before = await _top(reading)
         answer = await other.post(f"while you read {_tag()}")
         new_id = answer.json()["id"]
         await a.wait_items([new_id])
         badge = a.page.locator("#feed-new")
         await expect(badge).to_be_visible()
         await expect(badge).to_have_text(re.compile(r"^[1-9]\d* new$"))
-        top_after = (await reading.bounding_box() or {}).get("y")
-        assert top_before is not None
-        assert top_after is not None
+        top_after = await _top(reading)
         assert abs(top_after - top_before) < 2, (top_before, top_after)
 
         await badge.click()
