@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar, cast, get_args
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 NOTIFY_CHANNEL = "ripple"  # the one LISTEN/NOTIFY channel every instance shares
 DEV_SECRET = "ripple-development-secret"  # noqa: S105 - refused in production below
@@ -26,6 +27,14 @@ class ConfigError(ValueError):
     """The environment does not describe a runnable configuration."""
 
 
+# target_session_attrs values asyncpg (like libpq) understands; the app writes on every
+# connection, so it refuses the ones that would pick a standby.
+_SESSION_TARGETS = frozenset({"any", "read-write", "primary"})
+_STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
+_HOSTSPEC = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:/\[\],]+))(?::(?P<port>\d*))?$")
+DEFAULT_PORT = 5432
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseUrl:
     """A PostgreSQL URL split into what asyncpg and SQLAlchemy each need."""
@@ -33,10 +42,18 @@ class DatabaseUrl:
     sqlalchemy_url: str  # postgresql+asyncpg://..., without query parameters asyncpg rejects
     asyncpg_dsn: str  # postgresql://..., accepted by asyncpg.connect()
     ssl: SslMode | None  # the sslmode, passed to asyncpg as `ssl=`
+    # "read-write" or "primary": a connection to a host that is no longer one is useless.
+    target_session_attrs: str | None = None
 
     @classmethod
     def parse(cls, raw: str) -> DatabaseUrl:
-        """Accept postgres://, postgresql:// and postgresql+asyncpg:// with ?sslmode=."""
+        """Accept postgres://, postgresql:// and postgresql+asyncpg:// with ?sslmode=.
+
+        Several hosts may be given as ``h1:5432,h2:5433`` or ``?host=h1:5432&host=h2:5433``
+        (or ``?host=h1,h2&port=5432,5433``). SQLAlchemy parses only the query form and
+        asyncpg keeps only the last repeated ``host=``, so each gets its own spelling.
+        With several hosts and no ``target_session_attrs``, ``read-write`` is assumed.
+        """
         parts = urlsplit(raw.strip())
         scheme = parts.scheme.lower()
         if scheme not in {"postgres", "postgresql", "postgresql+asyncpg"}:
@@ -44,24 +61,96 @@ class DatabaseUrl:
                 f"database URL scheme {parts.scheme!r} is not PostgreSQL "
                 "(use postgres://, postgresql:// or postgresql+asyncpg://)"
             )
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = dict(pairs)
         ssl = query.pop("sslmode", None) or query.pop("ssl", None)
         if ssl is not None and ssl not in _SSLMODES:
             raise ConfigError(f"sslmode {ssl!r} is not one of {sorted(_SSLMODES)}")
         for name in _LIBPQ_ONLY:  # asyncpg has no such option and would refuse the URL
             query.pop(name, None)
-        rest = urlencode(query)
-        sqlalchemy_url = urlunsplit(
-            ("postgresql+asyncpg", parts.netloc, parts.path, rest, parts.fragment)
-        )
-        asyncpg_dsn = urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment))
+        userinfo, at, hostspec = parts.netloc.rpartition("@")
+        hosts = _host_list(hostspec, [v for k, v in pairs if k == "host"], query.get("port"))
+        target = query.get("target_session_attrs")
+        if target is None and len(hosts) > 1:
+            target = query["target_session_attrs"] = "read-write"
+        if target in _STANDBY_TARGETS:
+            raise ConfigError(
+                f"target_session_attrs={target} would connect to a standby, where writes and "
+                "LISTEN fail: use read-write (or primary)"
+            )
+        if target is not None and target not in _SESSION_TARGETS:
+            raise ConfigError(
+                f"target_session_attrs {target!r} is not one of {sorted(_SESSION_TARGETS)}"
+            )
+        if len(hosts) > 1:
+            query.pop("host", None)
+            query.pop("port", None)
+            auth = userinfo + at
+            names = ",".join(name for name, _ in hosts)
+            ports = ",".join(str(port) for _, port in hosts)
+            rest = urlencode({"host": names, "port": ports, **query}, safe=",:")
+            sqlalchemy_url = urlunsplit(("postgresql+asyncpg", auth, parts.path, rest, ""))
+            netloc = auth + ",".join(f"{_bracketed(name)}:{port}" for name, port in hosts)
+            rest = urlencode(query)
+            asyncpg_dsn = urlunsplit(("postgresql", netloc, parts.path, rest, ""))
+        else:
+            rest = urlencode(query)
+            sqlalchemy_url = urlunsplit(
+                ("postgresql+asyncpg", parts.netloc, parts.path, rest, parts.fragment)
+            )
+            asyncpg_dsn = urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment))
         return cls(
-            sqlalchemy_url=sqlalchemy_url, asyncpg_dsn=asyncpg_dsn, ssl=cast(SslMode | None, ssl)
+            sqlalchemy_url=sqlalchemy_url,
+            asyncpg_dsn=asyncpg_dsn,
+            ssl=cast(SslMode | None, ssl),
+            target_session_attrs=target,
         )
 
     @property
     def database(self) -> str:
         return urlsplit(self.asyncpg_dsn).path.lstrip("/")
+
+    @property
+    def needs_writable_host(self) -> bool:
+        """Must every connection be to a read-write primary (target_session_attrs)?"""
+        return self.target_session_attrs in {"read-write", "primary"}
+
+
+def _host_list(
+    authority: str, query_hosts: list[str], query_ports: str | None
+) -> list[tuple[str, int]]:
+    """Every (host, port) the URL names, in order; one entry or none for a single host."""
+    if authority and query_hosts:
+        raise ConfigError("give the database hosts either before the path or as ?host=, not both")
+    specs = authority.split(",") if authority else [h for q in query_hosts for h in q.split(",")]
+    if len(specs) <= 1:
+        return []  # one host (or a socket directory): the URL is used as written
+    ports = query_ports.split(",") if query_ports else []
+    if len(ports) not in (0, 1, len(specs)):
+        raise ConfigError(f"{len(specs)} database hosts but {len(ports)} ports in ?port=")
+    hosts = []
+    for index, spec in enumerate(specs):
+        match = _HOSTSPEC.match(spec.strip())
+        if match is None:
+            raise ConfigError(
+                f"database host {spec!r} is not host, host:port or [ipv6]:port "
+                "(several hosts must be network addresses)"
+            )
+        port = match["port"] or (ports[index if len(ports) > 1 else 0] if ports else "")
+        if match["port"] and ports:
+            raise ConfigError("give each database host's port either as host:port or ?port=")
+        try:
+            number = int(port) if port else DEFAULT_PORT
+        except ValueError:
+            raise ConfigError(f"database port {port!r} is not a number") from None
+        if not 0 < number < 65536:
+            raise ConfigError(f"database port {number} is out of range")
+        hosts.append((unquote(match["v6"] or match["name"]), number))
+    return hosts
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _derive(secret: str) -> bytes:
@@ -135,6 +224,17 @@ class Settings:
     presence_grace_seconds: float = 10.0
     listener_check_seconds: float = 5.0
     send_timeout_seconds: float = 30.0
+    # The HTTP protocol's edge limits (app/httpprotocol.py): the request line plus headers
+    # of one request, and how long they may take to arrive.
+    max_header_bytes: int = 32_768
+    header_timeout_seconds: float = 30.0
+    # How long a database that stops answering (a partition, not a refusal) may hold a request:
+    # a pool wait plus one connect or statement stays under the contract's 10 s (README).
+    db_connect_timeout_seconds: float = 5.0
+    db_statement_timeout_seconds: float = 5.0
+    db_pool_timeout_seconds: float = 3.0
+    listener_check_timeout_seconds: float = 2.0
+    stream_silence_seconds: float = 35.0
 
     @property
     def signing_key(self) -> bytes:
@@ -165,13 +265,16 @@ class Settings:
                 "DATABASE_URL is not set (run through `python -m app serve`, which starts "
                 "an embedded PostgreSQL for development when it is unset)"
             )
-        raw_unpooled = env.get("DATABASE_URL_UNPOOLED", "").strip() or raw_url
+        database = DatabaseUrl.parse(raw_url)
+        raw_unpooled = env.get("DATABASE_URL_UNPOOLED", "").strip()
+        listen_database = DatabaseUrl.parse(raw_unpooled) if raw_unpooled else database
         return cls(
-            database=DatabaseUrl.parse(raw_url),
-            listen_database=DatabaseUrl.parse(raw_unpooled),
+            database=database,
+            listen_database=listen_database,
             # A distinct unpooled URL means DATABASE_URL may be a transaction pooler:
-            # then no server-side prepared statements may outlive a transaction.
-            database_is_pooled=raw_unpooled != raw_url,
+            # then no server-side prepared statements may outlive a transaction. Compared
+            # parsed, so the same server spelled two ways is not taken for a pooler.
+            database_is_pooled=listen_database != database,
             secret_key=secret,
             secret_key_fallbacks=fallbacks,
             production=production,
@@ -190,4 +293,15 @@ class Settings:
             presence_grace_seconds=_float(env, "RIPPLE_PRESENCE_GRACE_SECONDS", 10.0, 0.0),
             listener_check_seconds=_float(env, "RIPPLE_LISTENER_CHECK_SECONDS", 5.0, 0.1),
             send_timeout_seconds=_float(env, "RIPPLE_SEND_TIMEOUT_SECONDS", 30.0, 0.5),
+            max_header_bytes=_int(env, "RIPPLE_MAX_HEADER_BYTES", 32_768, 1024),
+            header_timeout_seconds=_float(env, "RIPPLE_HEADER_TIMEOUT_SECONDS", 30.0, 0.5),
+            db_connect_timeout_seconds=_float(env, "RIPPLE_DB_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1),
+            db_statement_timeout_seconds=_float(
+                env, "RIPPLE_DB_STATEMENT_TIMEOUT_SECONDS", 5.0, 0.1
+            ),
+            db_pool_timeout_seconds=_float(env, "RIPPLE_DB_POOL_TIMEOUT_SECONDS", 3.0, 0.1),
+            listener_check_timeout_seconds=_float(
+                env, "RIPPLE_LISTENER_CHECK_TIMEOUT_SECONDS", 2.0, 0.1
+            ),
+            stream_silence_seconds=_float(env, "RIPPLE_STREAM_SILENCE_SECONDS", 35.0, 1.0),
         )

@@ -30,6 +30,7 @@ from app.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACEFUL_SHUTDOWN_SECONDS = 5
+HTTP_PROTOCOL = "app.httpprotocol:EdgeLimitedHttpToolsProtocol"  # head size cap and deadline
 
 log = logging.getLogger("ripple.serve")
 
@@ -50,15 +51,26 @@ def migrate(env: dict[str, str]) -> None:
     )
 
 
+# Connect failures that mean "not now"; TargetServerAttributeNotMatched: several hosts
+# answered but none is read-write yet (mid-failover).
+_UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.TargetServerAttributeNotMatched,
+    TimeoutError,
+)
+
+
 async def _listen_round_trip(settings: Settings, timeout: float = 5.0) -> bool | None:
     """Does a NOTIFY sent through DATABASE_URL reach a LISTEN on DATABASE_URL_UNPOOLED?
 
     None if the database cannot be reached now (the workers keep retrying by themselves).
+    With several hosts, both connections go to the one target_session_attrs picks.
     """
     listen, pooled = settings.listen_database, settings.database
     try:
         listener = await asyncpg.connect(listen.asyncpg_dsn, ssl=listen.ssl, timeout=timeout)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    except _UNREACHABLE:
         return None
     try:
         arrived = asyncio.Event()
@@ -69,9 +81,12 @@ async def _listen_round_trip(settings: Settings, timeout: float = 5.0) -> bool |
                 arrived.set()
 
         await listener.add_listener(CHANNEL, on_notification)
-        sender = await asyncpg.connect(
-            pooled.asyncpg_dsn, ssl=pooled.ssl, timeout=timeout, statement_cache_size=0
-        )
+        try:
+            sender = await asyncpg.connect(
+                pooled.asyncpg_dsn, ssl=pooled.ssl, timeout=timeout, statement_cache_size=0
+            )
+        except _UNREACHABLE:
+            return None
         try:
             await sender.execute("SELECT pg_notify($1, $2)", CHANNEL, token)
         finally:
@@ -134,6 +149,8 @@ def main() -> None:
             host="0.0.0.0",  # noqa: S104 - a PaaS routes to the container's port
             port=settings.port,
             workers=settings.web_concurrency,
+            # By name: each worker imports it and reads its limits from the inherited env.
+            http=HTTP_PROTOCOL,
             # The front door reads X-Forwarded-For itself (PROXY_HOPS; app.web.frontdoor).
             proxy_headers=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

@@ -133,7 +133,7 @@ async def test_client_that_stops_reading_never_holds_back_the_others(
 ) -> None:
     server = await asyncio.to_thread(app_server, workers=1)
     async with await Visitor.arrive(server.base_url) as writer:
-        await writer.post("warming up")  # records the writer (a "joined" item) first
+        await writer.post("warming up")  # records the writer first
         stalled = [await StalledStream.open(server.base_url) for _ in range(3)]
         readers = await _open_streams(server.base_url, 3)
         try:
@@ -250,6 +250,10 @@ async def test_sigterm_with_1000_streams_ends_them_and_exits_quickly(
         for stream in streams:
             await stream.wait_closed(timeout=5)
             assert stream.error is None or isinstance(stream.error, StreamClosed)
+        # Firm: the app ended every stream itself (the last chunk arrived), which the
+        # server's forced close after its graceful timeout would not do.
+        unended = [s for s in streams if not s.ended_cleanly]
+        assert not unended, f"{len(unended)} streams were cut, not ended, by SIGTERM"
         left = await database.fetchval(
             database_url, "SELECT count(*) FROM workers WHERE instance_id = $1", instance
         )

@@ -157,7 +157,9 @@ def site(admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             startup_timeout=60,  # generous: a loaded CI machine starts slowly
         )
         server.start()
-        yield Site(server, url, Ledger())
+        site = Site(server, url, Ledger())
+        yield site
+        asyncio.run(_database_holds_exactly_the_accepted_writes(site))
     finally:
         if server is not None:
             server.stop()
@@ -951,8 +953,7 @@ async def test_event_stream_is_get_only(site: Site) -> None:
             assert response.headers["allow"] == "GET, HEAD"
 
 
-async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> None:
-    """Last in the module: every 200/201 is a row, nothing refused is; normal use still works."""
+async def test_normal_use_still_works_among_the_attacks(site: Site) -> None:
     async with await site.arrive() as normal:
         normal_id = normal.cookies()[COOKIE].split(".")[1]
         async with SSEClient.open(site.base_url, cookies=normal.cookie_header()) as stream:
@@ -960,12 +961,17 @@ async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> 
             await stream.wait_for_event("ping", timeout=5)
             item_id = (await normal.post("still working")).json()["id"]
             await stream.wait_for_event("activity", str(item_id), timeout=5)
+            before = (await normal.get("/fragments/counter")).json()["value"]
             value = (await normal.increment()).json()["value"]
+            assert value > before
             await stream.wait_for_event("counter", timeout=5)
         fragment = await normal.get(f"/fragments/activity/{item_id}")
         assert fragment.json()["body"] == "still working"
-        assert value == site.ledger.increments
 
+
+async def _database_holds_exactly_the_accepted_writes(site: Site) -> None:
+    """Checked when the module's server stops, whatever ran: every 200/201 is a row,
+    nothing refused is, and the server logged no error."""
     ledger = site.ledger
     messages = await database.fetch(site.db, "SELECT id FROM activity WHERE kind = 'message'")
     assert {row["id"] for row in messages} == ledger.messages - ledger.pruned
@@ -981,9 +987,9 @@ async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> 
         if row["id"].hex in ledger.names:
             assert row["name"] == ledger.names[row["id"].hex]
     joined = await database.fetchval(site.db, "SELECT count(*) FROM activity WHERE kind = 'joined'")
-    assert joined == len(people)  # each visitor joined once, pruning aside (none were aged)
-    # The fuzzing reached past CSRF into the validators and the writes.
-    assert {200, 201, 422} <= set(WRITE_ANSWERS), WRITE_ANSWERS
+    assert joined == 0  # going online is no feed item (watching makes no page fetch anything)
+    if WRITE_ANSWERS:  # the write fuzzing ran: it reached past CSRF into validators and writes
+        assert {200, 201, 422} <= set(WRITE_ANSWERS), WRITE_ANSWERS
 
     log = site.server.log_text()
     assert "unhandled error" not in log

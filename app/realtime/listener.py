@@ -19,11 +19,21 @@ import asyncpg
 
 from app import metrics
 from app.config import DatabaseUrl
+from app.db import reports_read_only
 from app.realtime.events import CHANNEL, Event, PayloadError
 
 log = logging.getLogger("ripple.listener")
 
 PROBE_PREFIX = "probe:"
+# What a failed connect may raise; TargetServerAttributeNotMatched: every host answered,
+# none is read-write (mid-failover: the old primary fenced, the standby not promoted yet).
+_CONNECT_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,
+    TimeoutError,
+)
 
 
 class ListenerUnusable(RuntimeError):
@@ -55,6 +65,7 @@ class Listener:
         deliver: Callable[[Event], None],
         *,
         check_interval: float = 5.0,
+        check_timeout: float = 2.0,
         send_probe: Callable[[str], Awaitable[None]] | None = None,
         on_state: Callable[[bool], Awaitable[None]] | None = None,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
@@ -62,6 +73,7 @@ class Listener:
         self._url = url
         self._deliver = deliver
         self._check_interval = check_interval
+        self._check_timeout = check_timeout
         self._send_probe = send_probe
         self._on_state = on_state
         self._on_reconnect = on_reconnect
@@ -136,7 +148,7 @@ class Listener:
         """Connect and verify once (refusing an unusable URL), then keep it up in the background."""
         try:
             self._conn = await self._connect()
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except _CONNECT_ERRORS as exc:
             log.warning("listener state=down reason=%s", type(exc).__name__)
         else:
             try:
@@ -186,15 +198,31 @@ class Listener:
         except TimeoutError:
             pass
         try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), max(1.0, self._check_interval))
+            # A half-open connection (a partition) raises nothing: only an unanswered query
+            # shows it. asyncpg's own timeout, not a task cancellation; the cancel request it
+            # then sends is dropped when _supervise terminates the connection.
+            await conn.fetchval("SELECT 1", timeout=self._check_timeout)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        return True
+
+    def _on_writable_host(self) -> bool:
+        """False once a URL that asks for a read-write host finds this one read-only.
+
+        NOTIFYs are sent where writes go: a listener left on a fenced old primary would
+        hear nothing again. Reconnecting lets target_session_attrs pick the new primary.
+        """
+        if self._conn is None or not self._url.needs_writable_host:
+            return True
+        if reports_read_only(self._conn):
+            log.warning("listener host became read-only: reconnecting to a read-write host")
             return False
         return True
 
     async def _supervise(self) -> None:
         attempt = 0
         while True:
-            if self._conn is not None and await self._healthy():
+            if self._conn is not None and await self._healthy() and self._on_writable_host():
                 attempt = 0  # only a connection that passed a check resets the backoff
                 continue
             await self._set_state(False)
@@ -206,7 +234,7 @@ class Listener:
             attempt += 1
             try:
                 self._conn = await self._connect()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except _CONNECT_ERRORS as exc:
                 log.info(
                     "listener reconnect failed attempt=%d reason=%s", attempt, type(exc).__name__
                 )

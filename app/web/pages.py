@@ -56,6 +56,7 @@ async def page_context(request: Request[Any, Any, Any], who: Identity) -> dict[s
         "limits": _Limits,
         "stream_url": f"/events?last_event_id={cursor}",
         "csrf_token": csrf.token_of(request.scope),
+        "silence_ms": round(rt.settings.stream_silence_seconds * 1000),
         "errors": {},  # message area id -> the reason shown in it
         "typed": {},  # form field -> what the visitor typed
     }

@@ -16,6 +16,7 @@ export function errorText(status, body, headers) {
   const reason = (body || '').trim().slice(0, 200);
   if (status === 403) return 'Your session has expired. Reload the page and try again.';
   if (status === 429) return `Too many requests. Try again in ${wait ?? 'a few'} s.`;
+  if (status === 409) return 'Your last try is still being saved. Try again in a moment.';
   if (status === 422) return reason || 'That was not accepted.';
   if (status >= 500) return `The server is busy. Try again in ${wait ?? 'a few'} s.`;
   return reason || `Something went wrong (${status}).`;

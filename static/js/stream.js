@@ -8,7 +8,10 @@
 import {retryAfter} from './errors.js';
 import {announceStatus} from './status.js';
 
-const SILENCE_MS = 35000;      // no event at all (pings included) for this long: stream is dead
+// No event at all (pings included) for this long: the stream is dead. The server names it
+// (RIPPLE_STREAM_SILENCE_SECONDS, 35 s; tests shorten it); checked seven times per window.
+const SILENCE_MS = Number(document.querySelector('meta[name="ripple-silence-ms"]')?.content) || 35000;
+const WATCHDOG_MS = Math.min(5000, Math.max(250, SILENCE_MS / 7));
 const EVENTS = ['counter', 'presence', 'activity', 'ping', 'resync'];
 
 export function startStream({live, status, cursor}) {
@@ -147,7 +150,7 @@ export function startStream({live, status, cursor}) {
       lastHeard = Date.now();
       send({t: 'hello'});
     }
-  }, 5000);
+  }, WATCHDOG_MS);
 
   window.addEventListener('offline', () => setStatus('offline', role !== 'leader'));
   window.addEventListener('online', () => {

@@ -1,14 +1,16 @@
-"""A throwaway PostgreSQL cluster of our own, to stop, start and break at will."""
+"""A throwaway PostgreSQL cluster of our own, to stop, start and break at will; also a
+streaming standby of one (``standby_of``), to promote for a failover."""
 
 import asyncio
 import contextlib
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Self
 
-from . import reaper
+from . import database, reaper
 from .ports import free_port
 from .system import give_to_service_user, postgres_bindir, run_checked
 
@@ -77,6 +79,56 @@ class PgCluster:
             "--no-instructions",
         )
         self._initialised = True
+
+    @classmethod
+    def standby_of(cls, primary: "PgCluster", *, timeout: float = 60.0) -> "PgCluster":
+        """A streaming replica of a running ``primary``, started on its own port.
+
+        ``pg_basebackup -R`` copies the primary and writes ``standby.signal`` and
+        ``primary_conninfo``; initdb's default pg_hba.conf already trusts replication
+        connections from 127.0.0.1. Destroy it like any cluster.
+        """
+        standby = cls(timeout=timeout)
+        give_to_service_user(standby.base_dir)
+        reaper.track(standby, standby.destroy)
+        try:
+            standby._run(
+                "pg_basebackup",
+                "--pgdata",
+                str(standby.data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(primary.port),
+                "--username",
+                "postgres",
+                "--write-recovery-conf",
+                "--wal-method",
+                "stream",
+                "--checkpoint",
+                "fast",
+                "--no-sync",
+            )
+            standby.socket_dir.mkdir(exist_ok=True)
+            give_to_service_user(standby.socket_dir)
+            standby._initialised = True
+            standby.start()
+        except BaseException:
+            standby.destroy()
+            raise
+        return standby
+
+    def promote(self) -> None:
+        """End recovery on a standby: it becomes a read-write primary (``pg_ctl promote``)."""
+        self._run(
+            "pg_ctl",
+            "--pgdata",
+            str(self.data_dir),
+            "--wait",
+            "--timeout",
+            str(int(self.timeout)),
+            "promote",
+        )
 
     def start(self) -> Self:
         """Start (initialising on first use) and wait until it accepts connections."""
@@ -147,6 +199,9 @@ class PgCluster:
     async def astop(self, mode: str = "fast") -> None:
         await asyncio.to_thread(self.stop, mode)
 
+    async def apromote(self) -> None:
+        await asyncio.to_thread(self.promote)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -162,3 +217,20 @@ class PgCluster:
 
     def __repr__(self) -> str:
         return f"PgCluster(port={self.port}, data_dir={self.data_dir})"
+
+
+async def wait_until_replayed(
+    primary: PgCluster, standby: PgCluster, timeout: float = 30.0
+) -> None:
+    """Wait until ``standby`` has replayed all the WAL ``primary`` has written so far."""
+    written = await database.fetchval(primary.url, "SELECT pg_current_wal_lsn()::text")
+    deadline = time.monotonic() + timeout
+    while True:
+        replayed = await database.fetchval(
+            standby.url, "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", written
+        )
+        if replayed:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"standby has not replayed {written} within {timeout} s")
+        await asyncio.sleep(0.1)

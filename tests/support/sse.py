@@ -51,6 +51,9 @@ class SSEClient:
         self._queue: asyncio.Queue[SSEEvent | None] = asyncio.Queue()
         self._closed = asyncio.Event()
         self.error: BaseException | None = None
+        # The server ended the body itself (a chunked stream's last chunk arrived), rather
+        # than the connection being cut.
+        self.ended_cleanly = False
         self._task = asyncio.create_task(self._read(leftover))
 
     @classmethod
@@ -119,6 +122,7 @@ class SSEClient:
                         body = data
                     self._take(text.decode(body))
                     if (decoder is not None and decoder.done) or remaining == 0:
+                        self.ended_cleanly = True
                         break
                 data = await self._reader.read(65536)
                 if not data:
