@@ -164,7 +164,7 @@ async def test_head_answers_every_get_route_without_a_body(door: AppServer) -> N
             "/fragments/activity",
             "/fragments/activity?after=0",
             f"/fragments/activity/{found.group(1)}",
-            "/static/app.js",
+            "/static/js/main.js",
             "/healthz",
         ]
         for path in routes:

@@ -11,10 +11,11 @@ from app.db import Database
 from app.identity import Identity
 from app.presence import online
 from app.services import counter, visitors
-from app.web.common import html, identity_cookie, render, runtime, visitor_of, wants_json
+from app.web.common import html, identity_cookie, render, respond, runtime, visitor_of
 from app.web.errors import TooManyRequests, Unprocessable
 from app.web.fragments import render_item
 from app.web.idempotent import once
+from app.web.pages import refusals_as_page
 from app.web.security import Kind, kind_headers
 from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
 
@@ -61,6 +62,7 @@ def _with_identity(
 
 
 @post("/counter/increment", status_code=200)
+@refusals_as_page(area="counter-error")
 async def increment(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
     await request.body()  # unused, but an oversized body is refused (413) like everywhere
@@ -68,14 +70,17 @@ async def increment(request: Request[Any, Any, Any]) -> Response[Any]:
     async def act(db: Database) -> Response[Any]:
         await _limit(request, "increment", who, db)
         value = await counter.increment(db)
-        if wants_json(request):
-            return Response({"value": value})
-        return html(render(request, "partials/counter.html", counter_value=value))
+        return await respond(
+            request,
+            json=lambda: Response({"value": value}),
+            htmx=lambda: html(render(request, "partials/counter.html", counter_value=value)),
+        )
 
     return _with_identity(request, await once(request, who, "increment", act), who, new)
 
 
 @post("/activity", status_code=201)
+@refusals_as_page(area="post-error", field="message")
 async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
     try:
@@ -87,14 +92,17 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
         await _limit(request, "post", who, db)
         generation = runtime(request).hub.resync_generation
         item = await visitors.post_message(db, who, message)
-        if wants_json(request):
-            return Response({"id": item.id}, status_code=201)
-        return html(render_item(request, item, generation)[0], status=201)
+        return await respond(
+            request,
+            json=lambda: Response({"id": item.id}, status_code=201),
+            htmx=lambda: html(render_item(request, item, generation)[0], status=201),
+        )
 
     return _with_identity(request, await once(request, who, "post", act), who, new)
 
 
 @post("/me", status_code=200)
+@refusals_as_page(area="name-error", field="name")
 async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
     who, new = visitor_of(request)
     try:
@@ -109,11 +117,15 @@ async def rename(request: Request[Any, Any, Any]) -> Response[Any]:
             renamed = await visitors.rename(db, who, name)
         except visitors.NameTaken as error:
             raise Unprocessable(str(error)) from None
-        if wants_json(request):
-            return Response({"name": renamed})
-        # Inside a keyed write's transaction the new name is not committed yet: read there.
-        expiry = rt.settings.presence_expiry_seconds
-        view = await (rt.presence_reads.get(None) if db is rt.db else online(db, expiry))
-        return html(render(request, "partials/presence.html", presence=view))
+
+        async def presence_fragment() -> Response[Any]:
+            # Inside a keyed write's transaction the new name is not committed yet: read there.
+            expiry = rt.settings.presence_expiry_seconds
+            view = await (rt.presence_reads.get(None) if db is rt.db else online(db, expiry))
+            return html(render(request, "partials/presence.html", presence=view))
+
+        return await respond(
+            request, json=lambda: Response({"name": renamed}), htmx=presence_fragment
+        )
 
     return _with_identity(request, await once(request, who, "rename", act), who, new)
