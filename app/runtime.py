@@ -16,14 +16,14 @@ from litestar import Litestar
 from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from app import metrics, ratelimit
+from app import metrics
 from app.config import Settings
 from app.db import open_database
 from app.freshreads import FreshReads
 from app.itemcache import ItemCache
-from app.presence import PresenceTracker, PresenceView, online
 from app.realtime import CHANNEL, Hub, Listener
-from app.services import counter, feed, idempotency
+from app.services import counter, feed, idempotency, ratelimit
+from app.services.presence import PresenceTracker, PresenceView, online
 from app.workers import WorkerRegistry, new_worker_id
 
 log = logging.getLogger("ripple.runtime")

@@ -62,7 +62,7 @@ def test_no_import_cycle_in_app() -> None:
 def test_the_feed_does_not_import_visitors_or_presence() -> None:
     graph = _import_graph()
     assert "app.services.visitors" not in graph["app.services.feed"]
-    assert "app.presence" not in graph["app.services.feed"]
+    assert "app.services.presence" not in graph["app.services.feed"]
     assert "app.services.feed" in graph["app.services.visitors"]  # the layer above it
 
 

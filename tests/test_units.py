@@ -21,7 +21,7 @@ from app import identity
 from app.config import DEV_SECRET, ConfigError, DatabaseUrl, Settings
 from app.models import MESSAGE_MAX, NAME_MAX
 from app.realtime import encode_frame
-from app.realtime.events import Event, PayloadError
+from app.realtime.wireformat import Event, PayloadError
 from app.web.params import first_cursor as parse_cursor
 from app.web.validation import InvalidInput, clean_message, clean_name, parse_form
 

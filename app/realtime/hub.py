@@ -17,7 +17,7 @@ import time
 from collections import deque
 
 from app import metrics
-from app.realtime.events import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event, encode_frame
+from app.realtime.wireformat import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event, encode_frame
 from app.realtime.writer import ENDING, IDLE, StreamWriter
 
 _ids = itertools.count(1)

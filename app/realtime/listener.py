@@ -20,7 +20,7 @@ import asyncpg
 from app import metrics
 from app.config import DatabaseUrl
 from app.db import reports_read_only
-from app.realtime.events import CHANNEL, Event, PayloadError
+from app.realtime.wireformat import CHANNEL, Event, PayloadError
 
 log = logging.getLogger("ripple.listener")
 

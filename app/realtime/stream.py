@@ -25,7 +25,7 @@ async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
             return
 
 
-async def pump(
+async def write_stream(
     sub: Subscription,
     send: Send,
     receive: Receive,

@@ -6,11 +6,10 @@ from typing import Any
 
 from litestar import Request, Response, post
 
-from app import ratelimit
 from app.db import Database
 from app.identity import Identity
-from app.presence import online
-from app.services import counter, visitors
+from app.services import counter, ratelimit, visitors
+from app.services.presence import online
 from app.web.common import html, identity_cookie, render, respond, runtime, visitor_of
 from app.web.errors import TooManyRequests, Unprocessable
 from app.web.fragments import render_item

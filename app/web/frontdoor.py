@@ -37,7 +37,7 @@ from app import metrics
 from app.runtime import Runtime
 from app.web import params
 from app.web.errors import DEFAULT_REASONS, send_error, wants_json_header
-from app.web.events import serve_stream
+from app.web.eventstream import serve_stream
 from app.web.security import Kind, kind_pairs
 
 log = logging.getLogger("ripple.frontdoor")

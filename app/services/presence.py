@@ -23,11 +23,11 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import ratelimit
 from app.db import Database
 from app.identity import Identity
 from app.models import PresenceEntry, Visitor, Worker
 from app.realtime import PRESENCE, Event, notify
+from app.services import ratelimit
 from app.services.visitors import ensure_recorded, recorded
 from app.workers import NOTIFY_AT_MOST, notify_presence
 

@@ -15,7 +15,7 @@ from litestar.types import Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import identity, metrics
-from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, pump
+from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, write_stream
 from app.runtime import Runtime
 from app.services import feed
 from app.web import params
@@ -108,7 +108,7 @@ async def serve_stream(
         if who is not None:
             joined = True
             await _join(rt, who, ip)
-        await pump(sub, send, receive, first, headers)
+        await write_stream(sub, send, receive, first, headers)
     except asyncio.CancelledError:
         if not sub.timed_out:
             raise
