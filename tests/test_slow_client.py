@@ -52,9 +52,9 @@ async def test_a_slow_client_gets_frames_in_order_a_resync_for_each_gap_then_liv
     knobs = {"RIPPLE_SEND_TIMEOUT_SECONDS": "60"}  # slow, not stuck: the watchdog stays out
     server = await asyncio.to_thread(app_server, knobs, workers=1)
     base = server.base_url
-    received = 'kind="activity"'
+    received = {"kind": "activity"}
     before = await metric(base, "ripple_events_received_total", received)
-    overflows = await metric(base, "ripple_resyncs_total", 'reason="overflow"')
+    overflows = await metric(base, "ripple_resyncs_total", {"reason": "overflow"})
     async with await StalledStream.open(base) as stalled:
         assert stalled.status == 200
         await database.execute(
@@ -68,7 +68,7 @@ async def test_a_slow_client_gets_frames_in_order_a_resync_for_each_gap_then_liv
             60,
         )
         # The send backed up: frames were buffered behind it and overflowed.
-        assert await metric(base, "ripple_resyncs_total", 'reason="overflow"') >= overflows + 1
+        assert await metric(base, "ripple_resyncs_total", {"reason": "overflow"}) >= overflows + 1
         reader = Reader(stalled)
         await reader.until(lambda e: e.id is not None and int(e.id) >= LAST, 60)
         live = [e for e in reader.events if e.event in ("activity", "resync")]

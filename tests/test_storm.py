@@ -40,7 +40,7 @@ async def test_300_streams_reconnecting_at_once_cost_linear_work(
         await s.wait_closed(timeout=5)
     server = await asyncio.to_thread(app_server, env, workers=2, port=server.port)
     served_before = await metric(
-        server.base_url, "ripple_fragment_requests_total", 'kind="presence"'
+        server.base_url, "ripple_fragment_requests_total", {"kind": "presence"}
     )
 
     fetches = Counter[int]()
@@ -73,7 +73,7 @@ async def test_300_streams_reconnecting_at_once_cost_linear_work(
         f"presence fetches per stream: max {max(fetches.values())}, total {sum(fetches.values())}"
     )
     served = (
-        await metric(server.base_url, "ripple_fragment_requests_total", 'kind="presence"')
+        await metric(server.base_url, "ripple_fragment_requests_total", {"kind": "presence"})
         - served_before
     )
     per_stream = [fetches[n] for n in range(CLIENTS)]

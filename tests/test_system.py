@@ -47,8 +47,8 @@ async def test_health_and_metrics_cover_every_worker(app_server: AppServerFactor
                 assert f"\n{name}" in text or f"# HELP {name}" in text, name
             assert metric_value(text, "ripple_listener_connected") == 1.0  # min over workers
             # Both workers' listeners received the event (one notification each).
-            assert metric_value(text, "ripple_events_received_total", 'kind="counter"') >= 2
-            assert metric_value(text, "ripple_frames_fanned_out_total", 'kind="counter"') >= 7
+            assert metric_value(text, "ripple_events_received_total", {"kind": "counter"}) >= 2
+            assert metric_value(text, "ripple_frames_fanned_out_total", {"kind": "counter"}) >= 7
         finally:
             for s in streams:
                 await s.aclose()

@@ -2,31 +2,28 @@
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 
 
-def metric_value(text: str, name: str, labels: str | None = None) -> float:
-    """Sum of a metric's samples in Prometheus text (optionally only those with `labels`)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        sample, _, value = line.rpartition(" ")
-        metric = sample.split("{", 1)[0]
-        if metric != name:
-            continue
-        if labels is not None and labels not in sample:
-            continue
-        total += float(value)
-    return total
+def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """Sum of a metric's samples in Prometheus text, optionally only those whose labels
+    include `labels` (parsed by prometheus_client, so label order does not matter)."""
+    wanted = dict(labels or {})
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and wanted.items() <= sample.labels.items()
+    )
 
 
-async def metric(base_url: str, name: str, labels: str | None = None) -> float:
+async def metric(base_url: str, name: str, labels: Mapping[str, str] | None = None) -> float:
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
         response = await client.get("/metrics")
     response.raise_for_status()
