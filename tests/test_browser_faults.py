@@ -286,6 +286,7 @@ async def test_terminated_listener_resyncs_both_pages(
     await web.finish(a)
 
 
+@pytest.mark.slow
 async def test_restarted_instance_page_catches_up(
     web: Web, app_server: ServerFactory, shared: AppServer
 ) -> None:

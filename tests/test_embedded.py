@@ -12,6 +12,8 @@ from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor
 
+pytestmark = pytest.mark.slow  # a long fault or load test (see pyproject.toml)
+
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:

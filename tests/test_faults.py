@@ -222,6 +222,7 @@ async def test_dropped_streams_release_stream_slots_and_presence(
             await visitor.aclose()
 
 
+@pytest.mark.slow
 async def test_sigterm_with_1000_streams_ends_them_and_exits_quickly(
     app_server: AppServerFactory, database_url: str
 ) -> None:
@@ -271,6 +272,7 @@ async def test_sigterm_with_1000_streams_ends_them_and_exits_quickly(
             await visitor.aclose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["instance", "worker"])
 async def test_sigkill_expires_presence_and_spares_the_other_instance(
     app_server: AppServerFactory, victim: str

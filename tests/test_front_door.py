@@ -185,6 +185,7 @@ async def test_head_answers_every_get_route_without_a_body(door: AppServer) -> N
         assert_secured(head.headers, "HEAD /events")
 
 
+@pytest.mark.slow
 async def test_the_client_address_is_never_one_the_client_wrote(door: AppServer) -> None:
     """200 posts from one client, each with another made-up leftmost X-Forwarded-For entry
     (and each from a fresh identity, so only the address's allowance can stop them)."""

@@ -8,10 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 
 import httpx
+import pytest
 from support.probes import metric
 from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor
+
+pytestmark = pytest.mark.slow  # a long fault or load test (see pyproject.toml)
 
 AppServerFactory = Callable[..., AppServer]
 CLIENTS = 300

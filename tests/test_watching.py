@@ -7,12 +7,15 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import pytest
 from support import database
 from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor
 
 from app.identity import COOKIE_NAME
+
+pytestmark = pytest.mark.slow  # a long fault or load test (see pyproject.toml)
 
 AppServerFactory = Callable[..., AppServer]
 
