@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--rate", type=float, default=20.0, help="posts per second")
     soak.add_argument("--seed", type=int, default=1, help="seeds the fault schedule")
     soak.add_argument("--no-faults", action="store_true", help="the same load, no faults")
+    soak.add_argument("--faults", type=_words, help="only these fault kinds, e.g. listener_kill")
     args = parser.parse_args(argv)
     ensure_cwd_importable()
 
@@ -138,7 +139,7 @@ def _soak(args: argparse.Namespace) -> int:
 
     options = soak.SoakOptions(
         minutes=args.minutes, streams=args.streams, pages=args.pages, rate=args.rate,
-        seed=args.seed, faults=not args.no_faults,
+        seed=args.seed, faults=not args.no_faults, fault_kinds=tuple(args.faults or ()),
     )  # fmt: skip
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))

@@ -1,8 +1,9 @@
 """The faults the soak causes, each for real, and the schedule that draws them.
 
-Each fault returns when it is over: its cause undone (a cluster started again, a link
-healed) and every instance healthy again (or the bound passed). Its span, start to end, is
-what the timeline shades.
+A fault's cause is undone (a cluster started again, a link healed) before the next one is
+drawn; its end is when every instance answers /healthz ok again (or the bound passed), which
+is watched in the background, so that a slow recovery on a busy machine does not thin out the
+schedule. Its span, start to end, is what the timeline shades.
 """
 
 from __future__ import annotations
@@ -46,19 +47,24 @@ LINK_KINDS = ("db_link_cut", "client_link_cut")
 class FaultRecord:
     kind: str
     start: float  # `now()` clock
-    end: float = 0.0
+    undone: float = 0.0  # the cause undone
+    end: float = 0.0  # every instance healthy again
     detail: dict[str, Any] = field(default_factory=dict)
     recovered_after: float | None = None  # seconds from the cause undone to all healthy
     error: str | None = None
 
 
 class Chaos:
-    def __init__(self, topology: Topology, rng: random.Random) -> None:
+    def __init__(self, topology: Topology, rng: random.Random, only: tuple[str, ...] = ()) -> None:
         self.topology = topology
         self.rng = rng
         self.records: list[FaultRecord] = []
-        self.kinds = [k for k in KINDS if topology.links_available or k not in LINK_KINDS]
+        unknown = set(only) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        self.kinds = [k for k in (only or KINDS) if topology.links_available or k not in LINK_KINDS]
         self._deck: list[str] = []
+        self._recoveries: list[asyncio.Task[None]] = []
 
     def draw(self) -> str:
         """Kinds come from a shuffled deck, so every kind appears before any repeats."""
@@ -76,6 +82,7 @@ class Chaos:
             await asyncio.sleep(max(0.0, t0 + due - now()))
             await self.cause(self.draw())
             due = max(now() - t0, due + self.rng.uniform(*gap))
+        await asyncio.gather(*self._recoveries)
 
     async def cause(self, kind: str) -> FaultRecord:
         record = FaultRecord(kind, now())
@@ -85,13 +92,17 @@ class Chaos:
             await action(record)
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
-        undone = now()
+        record.undone = now()
+        self._recoveries.append(asyncio.create_task(self._recovered(record)))
+        return record
+
+    async def _recovered(self, record: FaultRecord) -> None:
         took = await self.topology.wait_healthy(RECOVERY_TIMEOUT)
-        record.recovered_after = None if took is None else round(now() - undone, 3)
+        record.end = now()
         if took is None:
             record.error = (record.error or "") + " not healthy again within bound"
-        record.end = now()
-        return record
+        else:
+            record.recovered_after = round(record.end - record.undone, 3)
 
     # -- the faults --------------------------------------------------------------------
 

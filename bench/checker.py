@@ -68,7 +68,7 @@ async def read_expected(url: str) -> Expected:
     )
 
 
-def check_client(client: StreamClient, facts: Facts) -> dict[str, Any]:
+def check_client(client: StreamClient, facts: Facts, t0: float) -> dict[str, Any]:
     ids = list(client.ids)
     received = set(ids)
     expected = [i for i in facts.visible if i > client.start_cursor]
@@ -83,7 +83,16 @@ def check_client(client: StreamClient, facts: Facts) -> dict[str, Any]:
         seen.add(item)
         top = max(top, item)
     phantoms = sorted(received - facts.all_ids)
+    around: list[tuple[int, float]] = []
+    if missing:  # what arrived just before and after the first missing id, and when
+        at = next((i for i, item in enumerate(ids) if item > missing[0]), len(ids))
+        around = [(ids[i], round(client.times[i] - t0, 3)) for i in range(max(0, at - 3), at + 3)
+                  if i < len(ids)]  # fmt: skip
     return {
+        "history": [(round(t - t0, 3), what, n) for t, what, n in client.history]
+        if missing
+        else [],
+        "around_first_missing": around,
         "index": client.index,
         "port": client.port,
         "start_cursor": client.start_cursor,
@@ -102,9 +111,9 @@ def check_client(client: StreamClient, facts: Facts) -> dict[str, Any]:
 
 
 def check(
-    clients: list[StreamClient], writer: Writer, facts: Facts, examples: int = 5
+    clients: list[StreamClient], writer: Writer, facts: Facts, t0: float, examples: int = 5
 ) -> dict[str, Any]:
-    per_client = [check_client(c, facts) for c in clients]
+    per_client = [check_client(c, facts, t0) for c in clients]
     bad = [
         r
         for r in per_client
@@ -184,3 +193,13 @@ def verdict(result: dict[str, Any]) -> list[str]:
         if not page["converged"]:
             problems.append(f"page {page['label']} did not converge: {page['problems']}")
     return problems
+
+
+def timing_notes(result: dict[str, Any], target: float) -> list[str]:
+    """Targets missed in time (not in correctness): pages later than `target` seconds."""
+    return [
+        f"page {p['label']} showed the truth {p['after_s']} s after the last fault or write "
+        f"(target {target:g} s)"
+        for p in result.get("pages", [])
+        if p["converged"] and p["after_s"] is not None and p["after_s"] > target
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from bench import load, procs
 from bench.chaos import Chaos
-from bench.checker import check, read_expected, read_facts, verdict
+from bench.checker import check, read_expected, read_facts, timing_notes, verdict
 from bench.net import now
 from bench.soak_clients import ErrorLog, StreamClient, Writer, start_cursor, wait_until
 from bench.soak_pages import Pages, converge
@@ -45,6 +46,7 @@ class SoakOptions:
     page_target: float = 10.0  # pages should show the truth this soon after the last fault
     page_timeout: float = 60.0  # bound on polling them
     faults: bool = True
+    fault_kinds: tuple[str, ...] = ()  # only these (default: every kind)
     chart: bool = True
     out_dir: Path = RESULTS
 
@@ -82,6 +84,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
     result: dict[str, Any] = {"options": {**asdict(options), "out_dir": None}, "started": stamp}
     try:
         setup_start = now()
+        result["load_average_start"] = os.getloadavg()
         await topology.start()
         ports = topology.client_ports()
         a, b = ports[0], ports[1]
@@ -120,7 +123,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
         # -- load and faults ---------------------------------------------------------------
         t0 = now()
         loop_lag = load.LoopLag()
-        chaos = Chaos(topology, rng)
+        chaos = Chaos(topology, rng, options.fault_kinds)
         fault_window = max(0.0, options.seconds - options.quiet_tail)
         chaos_task = asyncio.create_task(
             chaos.run(fault_window, options.first_fault_after, options.fault_gap)
@@ -162,15 +165,11 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
             if options.pages
             else []
         )  # fmt: skip
-        for page in page_results:
-            page["within_target"] = page["converged"] and (
-                page["after_s"] is not None and page["after_s"] <= options.page_target
-            )
 
         # -- the check -------------------------------------------------------------------
         stop.set()
         facts = await read_facts(topology.direct_url)
-        result["checker"] = check(clients, writer, facts)
+        result["checker"] = check(clients, writer, facts, t0)
         result["settle"] = {
             "settled": settled,
             "seconds_after_quiet": settle_seconds,
@@ -183,6 +182,8 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
             clients, writer, errors, chaos.records, t0, int(now() - t0) + 1
         )
         result["problems"] = verdict(result)
+        result["timing_notes"] = timing_notes(result, options.page_target)
+        result["load_average_end"] = os.getloadavg()
     finally:
         stop.set()
         for client in clients:
@@ -192,7 +193,8 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             await pages.close()
         await asyncio.to_thread(topology.stop)
-    result["logs"] = str(topology.log_dir.relative_to(procs.ROOT))
+    logs = topology.log_dir
+    result["logs"] = str(logs.relative_to(procs.ROOT) if logs.is_relative_to(procs.ROOT) else logs)
     return result
 
 
@@ -220,7 +222,10 @@ def summary(result: dict[str, Any]) -> str:
         f"settled {result['settle']['seconds_after_quiet']} s after the last fault or write; "
         "pages: " + ", ".join(f"{p['label']} {p['after_s']} s" for p in result["pages"]),
         f"errors: {result['errors']}",
-        f"load generator's loop lag: {result['load_loop_lag_ms']}",
+        f"load generator's loop lag: {result['load_loop_lag_ms']}; machine load average "
+        f"{result['load_average_start'][0]:.1f} at start, "
+        f"{result['load_average_end'][0]:.1f} at end",
+        *result["timing_notes"],
         "PASS" if not result["problems"] else "FAIL: " + "; ".join(result["problems"]),
     ]  # fmt: skip
     return "\n".join(lines)

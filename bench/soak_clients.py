@@ -172,6 +172,9 @@ class StreamClient:
         self.connected = False
         self.heard = 0.0
         self._conn: _Connection | None = None
+        # What happened to this stream, for the report of a client that lost something:
+        # (time, what, number): opened/dropped (ids so far), resync (its id), reread (first id).
+        self.history: list[tuple[float, str, int]] = []
 
     # -- what arrives --------------------------------------------------------------------
 
@@ -203,6 +206,7 @@ class StreamClient:
             # The cursor now, not when the re-read runs: frames after the resync in the same
             # read would move it past the very items the resync is about.
             cursor = self.high_water
+            self.history.append((self.heard, f"resync from {cursor} to", target))
             self._reread_from = min(self._reread_from, cursor) if self._reread_to else cursor
             self._reread_to = max(self._reread_to, target)
             if self._reread_task is None or self._reread_task.done():
@@ -232,6 +236,9 @@ class StreamClient:
                 delay = min(10.0, delay * 2)
                 continue
             delay = 0.5
+            self.history.append(
+                (now(), f"reread after {cursor}: {len(ids)} items up to", max(ids, default=0))
+            )
             self.reread.update(ids)
             if ids:
                 self._reread_from = max(self._reread_from, max(ids))
@@ -307,6 +314,9 @@ class StreamClient:
             attempt = 0
             self.opens += 1
             self.open_times.append(now())
+            self.history.append(
+                (now(), f"opened on {self.port}, Last-Event-ID", int(self.last_event_id or 0))
+            )
             self.connected = True
             self.heard = now()
             ended = await self._hold(conn, stop)
@@ -315,6 +325,7 @@ class StreamClient:
                 break
             self.drops += 1
             self.errors.add(f"stream_{ended}")
+            self.history.append((now(), f"{ended} after ids", len(self.ids)))
             attempt = 1
 
     async def _hold(self, conn: _Connection, stop: asyncio.Event) -> str:

@@ -74,6 +74,7 @@ def timeline(
             {
                 "kind": f.kind,
                 "start_s": round(f.start - t0, 2),
+                "undone_s": round(f.undone - t0, 2),
                 "end_s": round(f.end - t0, 2),
                 "recovered_after_s": f.recovered_after,
                 "detail": f.detail,

@@ -11,8 +11,9 @@ Nothing here touches the machine's shared PostgreSQL: the cluster is a throwaway
  some streams + one page ──client link──► instance b
 ```
 
-Each link is a `support.tcpproxy.HoldingProxy`: `cut()` holds every byte with connections
-left open (a partition), `heal()` lets them through, `reset_all()` drops them.
+Each link is a `support.tcpproxy.HoldingProxy` (run in a process of its own, see
+bench/linkproxy.py): `cut()` holds every byte with connections left open (a partition),
+`heal()` lets them through, `reset_all()` drops them.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import httpx
 from support.cluster import PgCluster
 from support.pgbouncer import PgBouncer
 from support.server import AppServer
-from support.tcpproxy import HoldingProxy
 
 from bench import procs
+from bench.linkproxy import Link, LinkProcess
 
 DBNAME = "ripple_soak"
 # The listener's health query interval: a cut link is noticed within about this.
@@ -44,9 +45,9 @@ class Topology:
     cluster: PgCluster | None = None
     bouncer: PgBouncer | None = None
     instances: list[AppServer] = field(default_factory=list)
-    db_links: list[tuple[HoldingProxy, HoldingProxy]] = field(default_factory=list)
-    client_link: HoldingProxy | None = None  # in front of instance b
-    _links: list[HoldingProxy] = field(default_factory=list)
+    db_links: list[tuple[Link, Link]] = field(default_factory=list)  # per instance
+    client_link: Link | None = None  # in front of instance b
+    _link_processes: list[LinkProcess] = field(default_factory=list)
 
     # -- urls --------------------------------------------------------------------------
 
@@ -88,9 +89,9 @@ class Topology:
             settings={"server_login_retry": "1"},
         )
         await self.bouncer.astart()
-        for name in ("a", "b"):
-            pooled = self._link(self.bouncer.port)
-            direct = self._link(self.cluster.port)
+        links = self._links([self.bouncer.port, self.cluster.port] * 2, "db-links")
+        for index, name in enumerate(("a", "b")):
+            pooled, direct = links[2 * index], links[2 * index + 1]
             self.db_links.append((pooled, direct))
             pooled_port, direct_port = pooled.port, direct.port
             server = AppServer(
@@ -106,21 +107,21 @@ class Topology:
             )
             self.instances.append(server)
         await asyncio.gather(*(s.astart() for s in self.instances))
-        self.client_link = self._link(self.instances[1].port)
+        self.client_link = self._links([self.instances[1].port], "client-link")[0]
 
-    def _link(self, target_port: int) -> HoldingProxy:
-        proxy = HoldingProxy("127.0.0.1", target_port)
-        self._links.append(proxy)  # before start: stopped in any case
-        return proxy.start()
+    def _links(self, target_ports: list[int], name: str) -> list[Link]:
+        process = LinkProcess(target_ports, self.log_dir / f"{name}.log")
+        self._link_processes.append(process)
+        return process.links
 
     def stop(self) -> None:
         """Stop everything this topology started, each by its pid; never raises."""
         for server in self.instances:
             with contextlib.suppress(Exception):
                 server.stop(timeout=5)
-        for link in self._links:
+        for process in self._link_processes:
             with contextlib.suppress(Exception):
-                link.stop()
+                process.stop()
         if self.bouncer is not None:
             with contextlib.suppress(Exception):
                 self._copy_log(self.bouncer.log_path, "pgbouncer.log")
