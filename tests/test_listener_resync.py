@@ -47,3 +47,40 @@ async def test_resync_is_delivered_before_notifications_of_the_new_connection(
     finally:
         await listener.stop()
         await notifier.close()
+
+
+async def test_any_failure_of_the_health_check_means_reconnect(database_url: str) -> None:
+    """The soak once saw asyncpg raise InternalClientError from the listener's health query
+    (a connection terminated while busy): an error outside the usual ones ended the
+    supervisor, and the worker stayed deaf while reported connected. Here the health query
+    fails with another unusual error, for real: its result cannot be decoded."""
+    arrived: list[int] = []
+
+    def deliver(event: Event) -> None:
+        if event.kind == ACTIVITY:
+            arrived.append(event.activity_id)
+
+    def undecodable(_text: str) -> int:
+        raise RuntimeError("undecodable")
+
+    admin = await asyncpg.connect(database_url)
+    listener = Listener(DatabaseUrl.parse(database_url), deliver, check_interval=0.5)
+    try:
+        await listener.start()
+        conn, first_pid = listener._conn, listener.backend_pid
+        assert conn is not None
+        await conn.set_type_codec(
+            "int4", schema="pg_catalog", encoder=str, decoder=undecodable, format="text"
+        )
+        async with asyncio.timeout(20):
+            while listener.backend_pid in (first_pid, None) or not listener.connected:
+                assert listener._task is not None
+                assert not listener._task.done(), listener._task
+                await asyncio.sleep(0.1)
+        await admin.execute(f"SELECT pg_notify('{CHANNEL}', 'activity:777777')")
+        async with asyncio.timeout(10):
+            while 777777 not in arrived:
+                await asyncio.sleep(0.05)
+    finally:
+        await listener.stop()
+        await admin.close()

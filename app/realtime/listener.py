@@ -193,7 +193,13 @@ class Listener:
             pass
         try:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), max(1.0, self._check_interval))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except Exception as exc:
+            # Any failure means reconnect. Not only the usual errors: a connection terminated
+            # while busy can raise asyncpg's InternalClientError ("cannot switch to state 12;
+            # another operation (2) is in progress"), which once ended this supervisor and
+            # left the worker deaf with its listener still reported as connected.
+            if not isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                log.warning("listener health check failed: %s", type(exc).__name__)
             return False
         return True
 
