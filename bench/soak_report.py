@@ -106,9 +106,10 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     kinds = sorted({f["kind"] for f in result["timeline"]["faults"]})
     for fault in result["timeline"]["faults"]:
         color = colors(kinds.index(fault["kind"]) % 10)
-        for ax in (top, bottom):
-            ax.axvspan(fault["start_s"], max(fault["end_s"], fault["start_s"] + 0.5),
-                       color=color, alpha=0.22, lw=0)  # fmt: skip
+        cause_end = max(fault["undone_s"], fault["start_s"] + 0.5)
+        for ax in (top, bottom):  # darker while the cause lasts, lighter until healthy again
+            ax.axvspan(fault["start_s"], cause_end, color=color, alpha=0.35, lw=0)
+            ax.axvspan(cause_end, max(fault["end_s"], cause_end), color=color, alpha=0.12, lw=0)
         top.text(fault["start_s"], 1.0, fault["kind"].replace("_", " "), rotation=90,
                  va="top", ha="right", fontsize=7, transform=top.get_xaxis_transform())  # fmt: skip
     top.plot(t, p50, lw=1.2, label="delivery lag p50")
