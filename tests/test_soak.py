@@ -25,17 +25,19 @@ def _soak() -> Any:
 
 async def test_chaos_soak_loses_nothing(tmp_path: Path) -> None:
     soak = _soak()
-    options = soak.SoakOptions(minutes=2.0, out_dir=tmp_path, chart=False)
+    # Seed 31 draws listener_kill, postgres_restart, client_link_cut, db_link_cut and
+    # pgbouncer_restart in 2 minutes (seed 1, the command's default, starts with the others).
+    options = soak.SoakOptions(minutes=2.0, seed=31, out_dir=tmp_path, chart=False)
     result = await soak.run_soak(options)
     report = soak.summary(result)
     print(report)
     faults = result["timeline"]["faults"]
     checker = result["checker"]
-    # The run did what it claims: faults happened, items flowed, clients reconnected.
+    # The run did what it claims: faults happened, items flowed, clients were disturbed.
     assert len(faults) >= 3, report
     assert len({f["kind"] for f in faults}) == len(faults), report
     assert checker["posts"]["acknowledged"] > 1000, report
     assert checker["deliveries"] > 100 * checker["clients"], report
-    assert checker["reconnects"] > 0, report
+    assert checker["reconnects"] + checker["resyncs"] > 0, report  # clients were disturbed
     # And nothing was lost, doubled or left stale.
     assert result["problems"] == [], report
