@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from support.server import AppServer, ServerStartError
 
 from bench.net import now
 from bench.soak_topology import Topology
@@ -134,7 +135,7 @@ class Chaos:
         server = self.topology.instances[index]
         record.detail["instance"] = "ab"[index]
         record.detail["exit_code"] = await server.astop(timeout=10)
-        await server.astart()
+        await start_again(server, record)
 
     async def _postgres_restart(self, record: FaultRecord) -> None:
         cluster = self.topology.cluster
@@ -170,3 +171,17 @@ class Chaos:
         if ending == "reset":
             link.reset_all()
         link.heal()
+
+
+async def start_again(server: AppServer, record: FaultRecord, attempts: int = 3) -> None:
+    """Start a stopped instance, trying again if it is not ready in time (on a busy machine
+    it may not be): an instance left stopped would turn the rest of the soak into one fault."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await server.astart()
+        except ServerStartError as exc:
+            record.detail[f"start_attempt_{attempt}"] = str(exc).splitlines()[0]
+            if attempt == attempts:
+                raise
+        else:
+            return
