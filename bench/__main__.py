@@ -1,5 +1,5 @@
-"""`python -m bench run [--quick] [--sizes 100,1000,5000] [--proxy nginx] ...` and
-`python -m bench report FILE`."""
+"""`python -m bench run [--quick] [--sizes 100,1000,5000] [--proxy nginx] ...`,
+`python -m bench report FILE` and `python -m bench soak [--minutes 10]`."""
 
 from __future__ import annotations
 
@@ -72,8 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep = sub.add_parser("report", help="rewrite docs from a results file")
     rep.add_argument("file", type=Path)
+    soak = sub.add_parser("soak", help="chaos soak with a checker (see docs/reliability.md)")
+    soak.add_argument("--minutes", type=float, default=2.0, help="minutes of load and faults")
+    soak.add_argument("--streams", type=int, default=500)
+    soak.add_argument("--pages", type=int, default=3, choices=range(4), help="Chromium pages")
+    soak.add_argument("--rate", type=float, default=20.0, help="posts per second")
+    soak.add_argument("--seed", type=int, default=1, help="seeds the fault schedule")
+    soak.add_argument("--no-faults", action="store_true", help="the same load, no faults")
+    soak.add_argument("--faults", type=_words, help="only these fault kinds, e.g. listener_kill")
     args = parser.parse_args(argv)
     ensure_cwd_importable()
+
+    if args.command == "soak":
+        return _soak(args)
 
     if args.command == "report":
         results = json.loads(args.file.read_text())
@@ -121,6 +132,27 @@ def main(argv: list[str] | None = None) -> int:
         report.write_docs(results, path.name)
         print("docs/benchmarks.md and docs/bench-latency.png updated")
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from bench import soak
+
+    options = soak.SoakOptions(
+        minutes=args.minutes, streams=args.streams, pages=args.pages, rate=args.rate,
+        seed=args.seed, faults=not args.no_faults, fault_kinds=tuple(args.faults or ()),
+    )  # fmt: skip
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        result = soak.run(options)
+    except KeyboardInterrupt:
+        print("interrupted: every process stopped", file=sys.stderr)
+        return 130
+    path, picture = soak.write(result, options)
+    shown = f"results: {path.relative_to(Path.cwd())}"
+    print(shown + (f", chart: {picture.name}" if picture else ""))
+    print(soak.summary(result))
+    return 0 if not result["problems"] else 1
 
 
 if __name__ == "__main__":

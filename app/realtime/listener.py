@@ -81,6 +81,9 @@ class Listener:
         self._lost = asyncio.Event()
         self._probes: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        # While a reconnect's resync is being prepared: notifications held back, so that no
+        # stream is sent an id above items it missed before it is told to re-read.
+        self._held: list[Event] | None = None
         self.connected = False
         self.backend_pid: int | None = None
 
@@ -99,7 +102,10 @@ class Listener:
         except PayloadError:
             log.warning("listener ignored a malformed payload (%d bytes)", len(payload))
             return
-        self._deliver(event)
+        if self._held is not None:
+            self._held.append(event)
+        else:
+            self._deliver(event)
 
     # -- connecting ------------------------------------------------------------------
 
@@ -202,7 +208,15 @@ class Listener:
             # shows it. asyncpg's own timeout, not a task cancellation; the cancel request it
             # then sends is dropped when _supervise terminates the connection.
             await conn.fetchval("SELECT 1", timeout=self._check_timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except Exception as exc:
+            # Any failure means reconnect. Not only the usual errors: a connection terminated
+            # while busy can raise asyncpg's InternalClientError ("cannot switch to state 12;
+            # another operation (2) is in progress"), which once ended this supervisor and
+            # left the worker deaf with its listener still reported as connected.
+            if not isinstance(
+                exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+            ):
+                log.warning("listener health check failed: %s", type(exc).__name__)
             return False
         return True
 
@@ -232,13 +246,21 @@ class Listener:
             delay = min(5.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.5)
             await asyncio.sleep(delay if attempt else random.uniform(0.05, 0.25))
             attempt += 1
+            await self._reconnect(attempt)
+
+    async def _reconnect(self, attempt: int) -> None:
+        """Connect again, then resync every stream before passing on what the new connection
+        brought: an item committed during the outage has a lower id than those, so a stream
+        sent one of them first could skip it for good (its Last-Event-ID already past it)."""
+        self._held = []
+        try:
             try:
                 self._conn = await self._connect()
             except _CONNECT_ERRORS as exc:
                 log.info(
                     "listener reconnect failed attempt=%d reason=%s", attempt, type(exc).__name__
                 )
-                continue
+                return
             metrics.LISTENER_RECONNECTS.inc()
             await self._set_state(True)
             # Postgres does not replay what was sent while we were away: everyone re-reads.
@@ -247,3 +269,7 @@ class Listener:
                     await self._on_reconnect()
                 except Exception as exc:
                     log.warning("listener resync failed: %s", type(exc).__name__)
+        finally:
+            held, self._held = self._held, None
+            for event in held:
+                self._deliver(event)
