@@ -78,7 +78,11 @@ def csrf_protection(settings: Settings) -> Any:
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def guard(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP:
+            if scope["type"] != ScopeType.HTTP or (
+                scope["method"] in SAFE_METHODS and NO_COOKIE_PATHS.fullmatch(scope["path"])
+            ):
+                # Reads that never set the cookie (items every page fetches at once, static
+                # files, probes) skip the cookie parsing and signature check.
                 await app(scope, receive, send)
                 return
             request: Request[Any, Any, Any] = Request(scope, receive)
@@ -92,7 +96,7 @@ def csrf_protection(settings: Settings) -> Any:
                     json = wants_json_header(request.headers.get("accept", ""))
                     await send_error(send, 403, REFUSED, json=json, production=settings.production)
                     return
-            elif not valid and NO_COOKIE_PATHS.fullmatch(scope["path"]) is None:
+            elif not valid:
                 cookie, valid = new_token(signing_key), True
                 send = _with_cookie(send, cookie, settings.production)
             # The page renders it into its forms' hidden field (posting without JavaScript).
