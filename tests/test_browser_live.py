@@ -208,6 +208,7 @@ async def _leaders(tabs: list[Tab], timeout: float = 10) -> list[Tab]:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow
 async def test_ten_tabs_share_one_stream_and_a_new_leader_takes_over(
     web: Web, one: AppServer
 ) -> None:

@@ -8,12 +8,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
 from support.probes import eventually, online_ids
 from support.server import AppServer
 from support.sse import SSEClient, named
 from support.visitors import Visitor
 
 GRACE = 3.0
+pytestmark = pytest.mark.slow  # waits out grace periods (see pyproject.toml)
 
 
 async def test_a_reload_within_the_grace_announces_nothing_and_a_real_leave_is_announced(
