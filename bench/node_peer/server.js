@@ -43,6 +43,11 @@ if (cluster.isPrimary) {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // The benchmark's profiler: the first SIGUSR2 starts a CPU profile in every worker, the
+  // next writes each one to $NODE_PEER_PROFILE_DIR (bench/profile.py reads them).
+  process.on('SIGUSR2', () => {
+    for (const w of Object.values(cluster.workers)) w.process.kill('SIGUSR2');
+  });
 } else {
   worker();
 }
@@ -478,6 +483,29 @@ function worker() {
     process.exit(0);
   }
   process.on('SIGTERM', () => stop());
+  let profiling = null;
+  process.on('SIGUSR2', () => {
+    const inspector = require('node:inspector');
+    if (profiling === null) {
+      profiling = new inspector.Session();
+      profiling.connect();
+      profiling.post('Profiler.enable', () =>
+        profiling.post('Profiler.setSamplingInterval', { interval: 1000 }, () =>
+          profiling.post('Profiler.start'),
+        ),
+      );
+      return;
+    }
+    const session = profiling;
+    profiling = null;
+    session.post('Profiler.stop', (err, result) => {
+      if (!err && process.env.NODE_PEER_PROFILE_DIR) {
+        const file = `${process.env.NODE_PEER_PROFILE_DIR}/worker-${process.pid}-${Date.now()}.cpuprofile`;
+        require('node:fs').writeFileSync(file, JSON.stringify(result.profile));
+      }
+      session.disconnect();
+    });
+  });
   process.on('SIGINT', () => {}); // the primary decides
 
   start().catch((err) => {

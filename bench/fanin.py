@@ -1,0 +1,193 @@
+"""`python -m bench run --peer node`: Ripple against a Node.js peer of the same design.
+
+At each N the two servers take turns (Ripple, Node, Ripple, Node with `--peer-rounds 2`),
+each a fresh 2-worker instance that takes every request of the block: N streams, the
+activity posts (so a POST competes with the pages' fetches, as on one instance in
+production) and, up to `--page-max` streams, the pages' fetches in `page` mode (a live
+event's item by its URL; `?after=` for bursts, plus one catch-up per page at a random
+moment of the phase, as after a reconnect or a resync). With `--profile`, one more turn
+each with a profiler attached (py-spy for Ripple, V8's sampler for Node), so the measured
+turns carry no profiler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import load, node, procs, profile, stats
+from bench.load import Recorder
+from bench.run import Bench, Contender, Options
+
+# Each block's writer is its own stream instance, known once it has started (latency_phase).
+UNSET = procs.Server("unset", 0, 0, [], {}, "/healthz")
+PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+WIDE_PORTS = (1024, 65535)
+
+
+@dataclass
+class PeerContender(Contender):
+    def stream_server(self, url: str, max_streams: int) -> procs.Target:
+        if self.app == "node":
+            server = node.peer(f"{self.key}-streams", url, 2)
+            directory = tempfile.mkdtemp(prefix="ripple-bench-node-prof-")
+            server.env["NODE_PEER_PROFILE_DIR"] = directory  # for a profiled turn
+            server.temp_dirs.append(directory)
+            return server
+        return procs.ripple(f"{self.key}-streams", url, 2, max_streams, "uvicorn")
+
+
+def raise_limits(streams: int) -> dict[str, Any]:
+    """As root, lift the hard open-file limit and widen the ephemeral port range when the
+    largest block needs it: the load process holds a socket per stream and per page, and
+    every one of them takes a loopback port. Says what it changed (the port range is the
+    machine's, and is put back by `restore_ports`)."""
+    done: dict[str, Any] = {"root": os.geteuid() == 0}
+    need = 2 * streams + 4096
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need and done["root"]:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            done["hard_open_files_raised"] = f"{hard} -> {need}"
+    done["open_file_limit"] = procs.raise_open_file_limit()
+    with contextlib.suppress(OSError, ValueError):
+        low, high = (int(x) for x in PORT_RANGE.read_text().split())
+        done["port_range_before"] = f"{low} {high}"
+        if high - low < streams + 8192 and done["root"]:
+            PORT_RANGE.write_text(f"{WIDE_PORTS[0]} {WIDE_PORTS[1]}\n")
+            done["port_range"] = f"{WIDE_PORTS[0]} {WIDE_PORTS[1]}"
+    return done
+
+
+def restore_ports(limits: dict[str, Any]) -> None:
+    if "port_range" in limits:
+        with contextlib.suppress(OSError):
+            PORT_RANGE.write_text(limits["port_range_before"] + "\n")
+
+
+class FanIn(Bench):
+    """The blocks of the peer mode; results under "peer" in the results file."""
+
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self.profiling = False
+        self.block: dict[str, Any] = {}
+
+    async def _run_all(self) -> None:
+        o = self.o
+        section: dict[str, Any] = {
+            "peer": "node",
+            "node_version": node.version(),
+            "pg_version": node.install(),
+            "rounds": o.peer_rounds,
+            "page_modes": o.page_modes,
+            "writes_to": "the stream instance",
+            "sizes": {},
+        }
+        self.results["peer"] = section
+        limits = raise_limits(max(o.sizes))
+        section["limits"] = limits
+        self.results["machine"]["open_file_limit"] = limits["open_file_limit"]
+        self.say(f"limits: {limits}")
+        section["send_cost"] = await self.send_cost()
+        try:
+            for n in o.sizes:
+                rounds = o.peer_rounds + (1 if o.profile else 0)
+                for turn in range(rounds):
+                    self.profiling = o.profile and turn == rounds - 1
+                    for c in (
+                        PeerContender("ripple", "ripple", "uvicorn", "ripple", writer=UNSET),
+                        PeerContender("node", "node", "node", "ripple", writer=UNSET),
+                    ):
+                        label = "profiled" if self.profiling else f"turn {turn + 1}"
+                        self.say(f"--- {c.key}: {n} streams ({label})")
+                        load_start = os.getloadavg()
+                        self.block = {}
+                        entry = await self.size(c, n, modes=o.page_modes, hammer=False)
+                        entry["load_avg_start"] = [round(x, 2) for x in load_start]
+                        entry["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+                        entry["profiled"] = self.profiling
+                        entry["server_version"] = section["node_version"] if c.app == "node" else ""
+                        where = section["sizes"].setdefault(str(n), {}).setdefault(c.key, [])
+                        where.append(entry)
+        finally:
+            restore_ports(limits)
+        section["send_cost"] += await self.send_cost()
+
+    async def send_cost(self) -> list[dict[str, float]]:
+        """The floor: one send() to each of N loopback sockets (bench/sendcost.py)."""
+        import asyncio
+
+        from bench import sendcost
+
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        sizes = [s for s in (1000, 2000, 5000, 9000) if 2 * s + 1024 < nofile]
+        found = [await asyncio.to_thread(sendcost.measure, s) for s in sizes]
+        self.say(f"send cost: {found}")
+        return found
+
+    async def latency_phase(
+        self,
+        c: Contender,
+        server: procs.Target,
+        recorder: Recorder,
+        live: list[bool],
+        mode: str | None,
+        rate: float,
+    ) -> dict[str, Any]:
+        if c.writer is not server:  # writes go to the instance that serves the streams
+            assert isinstance(server, procs.Server)
+            c.writer = server
+            c.writer_visitors = await load.get_visitors(server.port, 8)
+            await self.warm_writer(c)
+        page = mode == "page"
+        recorder.catchup_clients = [i for i, ok in enumerate(live) if ok] if page else []
+        recorder.catchup_window = self.o.duration if page else 0.0
+        load_start = os.getloadavg()
+        probe = self._start_profile(c, server, mode) if self.profiling else None
+        out = await super().latency_phase(c, server, recorder, live, mode, rate)
+        out["load_avg"] = [round(x, 2) for x in load_start]
+        if mode:
+            out["served_ms"] = {
+                kind: stats.summary_ms(np.frombuffer(times, dtype=np.float64))
+                for kind, times in recorder.served.items()
+            }
+            out["ids_via_catchup"] = recorder.via_catchup
+        if probe is not None:
+            out["profile"] = probe()
+            self.say(f"{c.key} {mode or 'event'} profile: {out['profile']}")
+        recorder.catchup_window = 0.0
+        return out
+
+    def _start_profile(self, c: Contender, server: procs.Target, mode: str | None) -> Any:
+        """Start a profiler over the phase's write period; returns what collects it."""
+        assert isinstance(server, procs.Server)
+        assert server.popen is not None
+        seconds = self.o.duration
+        name = f"{c.key}-{mode or 'event'}-{server.port}"
+        if c.app == "ripple":
+            spy = profile.PySpy(server.popen.pid, seconds, self.log_dir / f"{name}.pyspy.txt")
+            return spy.collect
+        # Node: the peer starts V8's sampler on SIGUSR2 and writes the profile on the next.
+        directory = Path(server.env["NODE_PEER_PROFILE_DIR"])
+        for old in directory.glob("*.cpuprofile"):
+            old.unlink()
+        server.popen.send_signal(signal.SIGUSR2)
+
+        def collect() -> dict[str, Any]:
+            import time
+
+            assert server.popen is not None
+            server.popen.send_signal(signal.SIGUSR2)
+            time.sleep(1.5)
+            return profile.v8_profiles(directory)
+
+        return collect
