@@ -12,6 +12,7 @@ turns carry no profiler.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -23,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from bench import load, node, procs, profile, stats
+from bench import load, net, node, procs, profile, stats
 from bench.load import Recorder
+from bench.net import now
 from bench.run import Bench, Contender, Options
+from bench.shard import Shard, latencies
 
 # Each block's writer is its own stream instance, known once it has started (latency_phase).
 UNSET = procs.Server("unset", 0, 0, [], {}, "/healthz")
@@ -80,6 +83,7 @@ class FanIn(Bench):
         super().__init__(options)
         self.profiling = False
         self.block: dict[str, Any] = {}
+        self.shard: Shard | None = None  # holds part of the streams at the largest N
 
     async def _run_all(self) -> None:
         o = self.o
@@ -124,8 +128,6 @@ class FanIn(Bench):
 
     async def send_cost(self) -> list[dict[str, float]]:
         """The floor: one send() to each of N loopback sockets (bench/sendcost.py)."""
-        import asyncio
-
         from bench import sendcost
 
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -152,9 +154,13 @@ class FanIn(Bench):
         recorder.catchup_clients = [i for i, ok in enumerate(live) if ok] if page else []
         recorder.catchup_window = self.o.duration if page else 0.0
         load_start = os.getloadavg()
+        if self.shard is not None:
+            await self.shard.begin(await self.newest_id())
         probe = self._start_profile(c, server, mode) if self.profiling else None
         out = await super().latency_phase(c, server, recorder, live, mode, rate)
         out["load_avg"] = [round(x, 2) for x in load_start]
+        if self.shard is not None:
+            await self._merge_shard(out, recorder, live)
         if mode:
             out["served_ms"] = {
                 kind: stats.summary_ms(np.frombuffer(times, dtype=np.float64))
@@ -191,3 +197,120 @@ class FanIn(Bench):
             return profile.v8_profiles(directory)
 
         return collect
+
+    async def _merge_shard(self, out: dict[str, Any], recorder: Recorder, live: list[bool]) -> None:
+        """The event figures over both processes' streams (this one's stay under "here")."""
+        assert self.shard is not None
+        sent_at = self.last_sent_at
+        path = str(self.log_dir / f"shard-{len(sent_at)}-{int(now() * 1000)}.npy")
+        theirs = await self.shard.report(sent_at, path, max(15.0, self.o.duration))
+        mine, got, duplicates = latencies(sent_at, recorder.ids, recorder.times, live)
+        every = np.concatenate([mine, np.load(path)])
+        expected = len(sent_at) * sum(live) + theirs["expected"]
+        received = got + theirs["received"]
+        here = out["event"]
+        out["event"] = {
+            "items": len(sent_at),
+            "clients": sum(live) + theirs["expected"] // max(1, len(sent_at)),
+            "received": received,
+            "expected": expected,
+            "duplicates": duplicates + theirs["duplicates"],
+            "ratio": round(received / expected, 6) if expected else None,
+            "latency_ms": stats.summary_ms(every),
+            "here": here,
+            "shard": theirs,
+        }
+        frames_here = here.get("received", 0)
+        if received:
+            out["cpu"]["server_us_per_frame"] = round(
+                out["cpu"]["server_us_per_frame"] * frames_here / received, 2
+            )
+        self.say(f"both processes: delivery {out['event']['ratio']} {out['event']['latency_ms']}")
+
+    async def size(
+        self, c: Contender, n: int, modes: list[str] | None = None, hammer: bool = True
+    ) -> dict[str, Any]:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        per_process = int(os.environ.get("RIPPLE_BENCH_STREAMS_PER_PROCESS", nofile - 4096))
+        if n <= per_process:
+            return await super().size(c, n, modes, hammer)
+        return await self._size_sharded(c, n)
+
+    async def _size_sharded(self, c: Contender, n: int) -> dict[str, Any]:
+        """More streams than this process may open: half here, half in a shard process;
+        the open and event phases only (as `Bench.size` does them)."""
+        o = self.o
+        server = c.stream_server(self.url, n)
+        streams: list[net.SseStream] = []
+        shard: Shard | None = None
+        entry: dict[str, Any] = {}
+        try:
+            server.start(self.log_dir)
+            background = await self.wait_quiet()
+            await server.wait_ready()
+            visitors = await load.get_visitors(server.port, min(o.visitors, n))
+            await asyncio.sleep(1.0)
+            cpu0, rss0 = server.sample()
+            cursor = await self.newest_id()
+            cookies = [visitors[i % len(visitors)].cookie for i in range(n)]
+            requests = [
+                net.request_bytes(
+                    "GET",
+                    f"/events?last_event_id={cursor}",
+                    server.port,
+                    {
+                        "Cookie": cookies[i],
+                        "Accept": "text/event-stream",
+                        "Cache-Control": "no-cache",
+                    },
+                )
+                for i in range(n)
+            ]
+            mine = n // 2
+            shard = Shard.start(
+                server.port, requests[mine:], self.log_dir / f"shard-{server.port}.log"
+            )
+            recorder = Recorder(mine, server.port, cookies[:mine], [], 1)
+            t0 = now()
+            (streams, failed), theirs = await asyncio.gather(
+                net.open_streams(server.port, requests[:mine], recorder), shard.opened()
+            )
+            ramp = now() - t0
+            await asyncio.sleep(3.0)
+            cpu1, rss1 = server.sample()
+            await asyncio.sleep(2.0)
+            self.idle_cpu_rate = (server.sample()[0] - cpu1) / 2.0
+            live = [s.status == 200 and not s.closed for s in streams]
+            total = sum(live) + theirs["open"]
+            entry["open"] = {
+                "requested": n,
+                "open": total,
+                "failed": failed + theirs["failed"],
+                "open_here": sum(live),
+                "open_in_shard": theirs["open"],
+                "ramp_s": round(ramp, 2),
+                "rss_before_mib": round(rss0 / 2**20, 1),
+                "rss_with_mib": round(rss1 / 2**20, 1),
+                "kib_per_stream": round((rss1 - rss0) / 1024 / max(1, total), 2),
+                "opens_per_s": round(total / max(ramp, 1e-9), 1),
+                "open_cpu_ms_per_stream": round(1000 * (cpu1 - cpu0) / max(1, total), 2),
+                "background_busy_pct": background,
+                "idle_cpu_pct": round(100 * self.idle_cpu_rate, 1),
+            }
+            self.say(
+                f"{c.key}: opened {total}/{n} (shard {theirs}) in {ramp:.1f} s; {entry['open']}"
+            )
+            self.shard = shard
+            entry["event"] = await self.latency_phase(c, server, recorder, live, None, o.rate)
+            entry["still_open"] = sum(
+                1 for s, ok in zip(streams, live, strict=True) if ok and not s.closed
+            ) + entry["event"]["event"].get("shard", {}).get("still_open", 0)
+        finally:
+            self.shard = None
+            for stream in streams:
+                stream.close()
+            if shard is not None:
+                shard.stop()
+            await asyncio.sleep(0.5)
+            server.stop()
+        return entry

@@ -216,6 +216,7 @@ class Bench:
         }
         self.me = psutil.Process()
         self.idle_cpu_rate = 0.0
+        self.last_sent_at: dict[int, float] = {}  # the last phase's writes: id -> sent at
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -759,7 +760,7 @@ class Bench:
             writes = await load.steady(pool, requests, rate, o.duration)
         finally:
             pool.close()
-        sent_at = writes.sent_at()
+        sent_at = self.last_sent_at = writes.sent_at()
         want = len(sent_at) * clients
 
         def complete() -> bool:
