@@ -62,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         "(sizes 1000,10000,20000, page mode up to 1000, 5 posts/s)",
     )
     r.add_argument("--peer-rounds", type=int, help="turns per server at each N (2)")
-    r.add_argument("--profile", action="store_true", help="with --peer: one profiled turn more")
+    r.add_argument(
+        "--peer-servers",
+        type=_words,
+        help="servers taking turns (ripple,node; ripple-gc-default: Ripple with CPython's GC)",
+    )
+    r.add_argument(
+        "--profile", action="store_true", help="with --peer: profile each server's last turn"
+    )
     r.add_argument("--fetch-group", type=int, help="clients sharing one fetch pool (1)")
     r.add_argument("--fetch-conns", type=int, help="keep-alive connections per pool (1)")
     r.add_argument(
@@ -80,18 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite docs/benchmarks.md's table and chart (auto: not with --quick)",
     )
     rep = sub.add_parser("report", help="rewrite docs from a results file")
-    rep.add_argument("file", type=Path)
+    rep.add_argument("file", type=Path, nargs="+", help="peer runs (--peer) may be several")
     args = parser.parse_args(argv)
     ensure_cwd_importable()
 
     if args.command == "report":
-        results = json.loads(args.file.read_text())
-        if "peer" in results:
+        runs = [(f.name, json.loads(f.read_text())) for f in args.file]
+        if "peer" in runs[0][1]:
             from bench import fanin_report
 
-            fanin_report.write_docs(results, args.file.name)
+            fanin_report.write_docs(*fanin_report.merge(runs))
         else:
-            report.write_docs(results, args.file.name)
+            report.write_docs(runs[0][1], runs[0][0])
         return 0
 
     import os
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (
         "sizes", "duration", "rate", "page_rate", "page_modes", "hammer_rate",
         "hammer_seconds", "server", "fetch_group", "fetch_conns", "quiet_below",
-        "quiet_wait", "page_max", "proxy_lock_timeout_ms", "peer_rounds",
+        "quiet_wait", "page_max", "proxy_lock_timeout_ms", "peer_rounds", "peer_servers",
     ):  # fmt: skip
         value = getattr(args, name)
         if value is not None:

@@ -5,9 +5,9 @@ each a fresh 2-worker instance that takes every request of the block: N streams,
 activity posts (so a POST competes with the pages' fetches, as on one instance in
 production) and, up to `--page-max` streams, the pages' fetches in `page` mode (a live
 event's item by its URL; `?after=` for bursts, plus one catch-up per page at a random
-moment of the phase, as after a reconnect or a resync). With `--profile`, one more turn
-each with a profiler attached (py-spy for Ripple, V8's sampler for Node), so the measured
-turns carry no profiler.
+moment of the phase, as after a reconnect or a resync). With `--profile`, the last turn
+of each server has a profiler attached over each phase's writes (py-spy for Ripple, V8's
+sampler for Node); it costs a few per cent, and the turn is marked in the results.
 """
 
 from __future__ import annotations
@@ -36,9 +36,16 @@ PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 WIDE_PORTS = (1024, 65535)
 
 
+SERVERS = ("ripple", "node", "ripple-gc-default")  # the last: Ripple with CPython's GC defaults
+
+
 @dataclass
 class PeerContender(Contender):
     def stream_server(self, url: str, max_streams: int) -> procs.Target:
+        if self.key == "ripple-gc-default":  # app.gcpolicy switched off: the before
+            server = procs.ripple(f"{self.key}-streams", url, 2, max_streams, "uvicorn")
+            server.env["RIPPLE_GC_POLICY"] = "default"
+            return server
         if self.app == "node":
             server = node.peer(f"{self.key}-streams", url, 2)
             directory = tempfile.mkdtemp(prefix="ripple-bench-node-prof-")
@@ -87,6 +94,9 @@ class FanIn(Bench):
 
     async def _run_all(self) -> None:
         o = self.o
+        unknown = sorted(set(o.peer_servers) - set(SERVERS))
+        if unknown:
+            raise ValueError(f"unknown --peer-servers {unknown}: choose from {SERVERS}")
         section: dict[str, Any] = {
             "peer": "node",
             "node_version": node.version(),
@@ -104,14 +114,14 @@ class FanIn(Bench):
         section["send_cost"] = await self.send_cost()
         try:
             for n in o.sizes:
-                rounds = o.peer_rounds + (1 if o.profile else 0)
+                rounds = max(1, o.peer_rounds)
                 for turn in range(rounds):
                     self.profiling = o.profile and turn == rounds - 1
-                    for c in (
-                        PeerContender("ripple", "ripple", "uvicorn", "ripple", writer=UNSET),
-                        PeerContender("node", "node", "node", "ripple", writer=UNSET),
-                    ):
-                        label = "profiled" if self.profiling else f"turn {turn + 1}"
+                    for c in [
+                        PeerContender(key, key.split("-")[0], key, "ripple", writer=UNSET)
+                        for key in o.peer_servers
+                    ]:
+                        label = f"turn {turn + 1}" + (", profiled" if self.profiling else "")
                         self.say(f"--- {c.key}: {n} streams ({label})")
                         load_start = os.getloadavg()
                         self.block = {}

@@ -1,9 +1,10 @@
 """The peer mode's tables (`--peer node`): Ripple and the Node.js peer side by side.
 
-Each figure is the median over the measured turns (the profiled turn is left out), with
-every turn's value beside it, and Ripple ÷ Node of the medians: below 1 is Ripple ahead
-for times and memory. Written between their own markers in docs/benchmarks.md, inside
-the section "Against a Node.js peer (fan-in)"; the rest of the file is left alone.
+Each figure is the median over the turns (a profiled turn included: the profiler costs a
+few per cent), with every turn's value beside it, and Ripple ÷ Node of the medians:
+below 1 is Ripple ahead for times and memory. Written between their own markers in
+docs/benchmarks.md, inside the section "Against a Node.js peer (fan-in)"; the rest of the
+file is left alone.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def _num(value: float | None) -> str:
 
 
 def _turns(results: dict[str, Any], n: str, server: str) -> list[dict[str, Any]]:
-    found = _get(results, "peer", "sizes", n, server) or []
-    return [t for t in found if not t.get("profiled")]
+    return list(_get(results, "peer", "sizes", n, server) or [])
 
 
 def _values(turns: list[dict[str, Any]], path: tuple[str, ...]) -> list[float]:
@@ -114,12 +114,17 @@ def _get_path(t: dict[str, Any], path: tuple[str, ...]) -> Any:
     return _get(value, last)
 
 
-def _table(results: dict[str, Any], n: str, rows: tuple[Any, ...]) -> list[str]:
-    r_turns, n_turns = _turns(results, n, "ripple"), _turns(results, n, "node")
+NAMES = {"ripple": "Ripple", "node": "Node", "ripple-gc-default": "Ripple, CPython's GC"}
+
+
+def _table(
+    results: dict[str, Any], n: str, rows: tuple[Any, ...], a: str = "ripple", b: str = "node"
+) -> list[str]:
+    r_turns, n_turns = _turns(results, n, a), _turns(results, n, b)
     if not r_turns or not n_turns:
         return []
     lines = [
-        "| measure | Ripple | Node | Ripple ÷ Node |",
+        f"| measure | {NAMES[a]} | {NAMES[b]} | {NAMES[a]} ÷ {NAMES[b]} |",
         "|---|---:|---:|---:|",
     ]
     for label, *paths in rows:
@@ -174,8 +179,9 @@ def section(results: dict[str, Any], name: str) -> list[str]:
     peer = results.get("peer", {})
     o = results["options"]
     m = results["machine"]
+    named = name if name.startswith("`") else f"`{name}`"
     out = [
-        f"Run `{name}` ({results['started']}, app at `{results['app_revision']}`), "
+        f"Run {named} ({results['started']}, app at `{results['app_revision']}`), "
         f"Node {peer.get('node_version')} with pg {peer.get('pg_version')}; "
         f"{m.get('cpus')} vCPU ({m.get('cpu_model', '')}), PostgreSQL {m.get('postgres', '?')}; "
         f"load average at start {m.get('load_at_start')}, at end {m.get('load_at_end')}; "
@@ -205,6 +211,17 @@ def section(results: dict[str, Any], name: str) -> list[str]:
             *_table(results, n, ROWS_EVENT),
             "",
         ]
+    for n in sizes:
+        before = _table(results, n, ROWS_PAGE, "ripple", "ripple-gc-default")
+        if before and any("page_page" in t for t in _turns(results, n, "ripple-gc-default")):
+            out += [
+                f"**`app.gcpolicy`, before and after** ({int(n):,} pages as above, in the same "
+                "turns: Ripple with CPython's collector defaults, `RIPPLE_GC_POLICY=default`, "
+                "against Ripple as committed):",
+                "",
+                *before,
+                "",
+            ]
     cost = peer.get("send_cost") or []
     if cost:
         out += [
@@ -235,6 +252,21 @@ def section(results: dict[str, Any], name: str) -> list[str]:
             "",
         ]
     return out
+
+
+def merge(runs: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], str]:
+    """Several peer runs as one (e.g. the page sizes in one run, 10,000 and 20,000 in the
+    next): the first run's options and machine, every run's sizes, each size's run named."""
+    name, base = runs[0]
+    base = {**base, "peer": {**base["peer"], "sizes": dict(base["peer"]["sizes"])}}
+    names = [name]
+    for other_name, other in runs[1:]:
+        names.append(other_name)
+        base["peer"]["sizes"].update(other["peer"]["sizes"])
+        base["peer"].setdefault("send_cost", [])
+        base["peer"]["send_cost"] = base["peer"]["send_cost"] + other["peer"].get("send_cost", [])
+        base["machine"]["load_at_end"] = other["machine"].get("load_at_end")
+    return base, ", ".join(f"`{n}`" for n in names)
 
 
 def write_docs(results: dict[str, Any], name: str) -> None:

@@ -72,7 +72,7 @@ class PySpy:
         if binary is None:
             return
         argv = [
-            binary, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+            binary, "record", "--pid", str(pid), "--subprocesses",
             "--native", "--full-filenames", "--rate", "100",
             "--duration", str(max(1, round(seconds))), "--format", "raw", "-o", str(out),
         ]  # fmt: skip

@@ -70,6 +70,7 @@ class Options:
     proxy_lock_timeout_ms: int = 100  # nginx proxy_cache_lock_timeout: what a waiter waits
     peer: str | None = None  # "node": Ripple against the Node.js peer (bench/fanin.py)
     peer_rounds: int = 2  # turns each server gets at each N in that mode
+    peer_servers: list[str] = field(default_factory=lambda: ["ripple", "node"])  # in turn
     profile: bool = False  # one more profiled turn each (py-spy, V8) in that mode
 
     def use_proxy(self, proxy: str) -> None:
