@@ -242,7 +242,7 @@ def section(results: dict[str, Any], name: str) -> list[str]:
         head, rule, *rows = profiles
         rows = [r for r in rows if not r.startswith("| streams") and not r.startswith("|---")]
         out += [
-            "**Where the time goes** (the profiled turn: py-spy `--native` on Ripple's "
+            "**Where the time goes** (the profiled turn: py-spy `--nonblocking` on Ripple's "
             "workers, V8's sampler in Node's workers, over the phase's writes; self time, "
             "share of samples on CPU):",
             "",

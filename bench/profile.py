@@ -3,7 +3,8 @@
 Both are summarised the same way: the share of samples whose innermost frame (self time)
 falls in each package or file, and the busiest functions, so a figure can say where its
 time went. py-spy samples from outside the process (`--nonblocking`: it never pauses
-the workers); it comes from the `bench` extra.
+the workers; `--native` would, and then inflates the latencies it is meant to explain,
+and counts threads blocked in a system call as busy); it comes from the `bench` extra.
 """
 
 from __future__ import annotations
@@ -45,18 +46,30 @@ def _area(path: str) -> str:
     return Path(path).name or path
 
 
+UVLOOP = "uvloop (C: socket I/O, callbacks)"
+
+
+def _area_of(func: str, path: str) -> str:
+    """py-spy without --native (which would pause the workers) sees uvloop's C loop as
+    time in `asyncio.Runner.run`, the last Python frame: socket reads and writes, epoll,
+    and the loop's own callback handling."""
+    if func == "Runner.run" and path.endswith("runners.py"):
+        return UVLOOP
+    return _area(path)
+
+
 def summarise(self_counts: Counter[tuple[str, str]], top: int = 12) -> dict[str, Any]:
     total = sum(self_counts.values())
     if not total:
         return {"samples": 0}
     areas: Counter[str] = Counter()
-    for (_, path), count in self_counts.items():
-        areas[_area(path)] += count
+    for (func, path), count in self_counts.items():
+        areas[_area_of(func, path)] += count
     return {
         "samples": total,
         "self_by_area_pct": {a: round(100 * c / total, 1) for a, c in areas.most_common(top)},
         "self_by_function_pct": {
-            f"{func} ({_area(path)})": round(100 * count / total, 1)
+            f"{func} ({_area_of(func, path)})": round(100 * count / total, 1)
             for (func, path), count in self_counts.most_common(top)
         },
     }
@@ -72,8 +85,8 @@ class PySpy:
         if binary is None:
             return
         argv = [
-            binary, "record", "--pid", str(pid), "--subprocesses",
-            "--native", "--full-filenames", "--rate", "100",
+            binary, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+            "--full-filenames", "--rate", "100",
             "--duration", str(max(1, round(seconds))), "--format", "raw", "-o", str(out),
         ]  # fmt: skip
         self.popen = subprocess.Popen(
