@@ -33,7 +33,7 @@ from bench.shard import Shard, latencies
 # Each block's writer is its own stream instance, known once it has started (latency_phase).
 UNSET = procs.Server("unset", 0, 0, [], {}, "/healthz")
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-WIDE_PORTS = (1024, 65535)
+WIDE_PORTS = (10240, 65535)  # above the usual fixed ports (5432, 8000, 8080)
 
 
 SERVERS = ("ripple", "node", "ripple-gc-default")  # the last: Ripple with CPython's GC defaults
@@ -71,7 +71,7 @@ def raise_limits(streams: int) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         low, high = (int(x) for x in PORT_RANGE.read_text().split())
         done["port_range_before"] = f"{low} {high}"
-        if high - low < streams + 8192 and done["root"]:
+        if high - low < streams + 16384 and done["root"]:
             PORT_RANGE.write_text(f"{WIDE_PORTS[0]} {WIDE_PORTS[1]}\n")
             done["port_range"] = f"{WIDE_PORTS[0]} {WIDE_PORTS[1]}"
     return done
