@@ -283,7 +283,10 @@ class FanIn(Bench):
             recorder = Recorder(mine, server.port, cookies[:mine], [], 1)
             t0 = now()
             (streams, failed), theirs = await asyncio.gather(
-                net.open_streams(server.port, requests[:mine], recorder), shard.opened()
+                net.open_streams(
+                    server.port, requests[:mine], recorder, timeout=max(120.0, n / 40)
+                ),
+                shard.opened(timeout=max(180.0, n / 40 + 60)),
             )
             ramp = now() - t0
             await asyncio.sleep(3.0)

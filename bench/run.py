@@ -602,7 +602,9 @@ class Bench:
             groups = math.ceil(n / o.fetch_group)
             recorder = Recorder(n, server.port, cookies, [], o.fetch_group)
             t0 = now()
-            streams, failed = await net.open_streams(server.port, requests, recorder)
+            streams, failed = await net.open_streams(
+                server.port, requests, recorder, timeout=max(120.0, n / 40)
+            )
             ramp = now() - t0
             await asyncio.sleep(3.0)  # presence joins and their events settle
             cpu1, rss1 = server.sample()

@@ -62,7 +62,9 @@ async def main() -> None:
     config = json.loads(sys.stdin.readline())
     holder = Holder(len(config["requests"]))
     requests = [r.encode("latin-1") for r in config["requests"]]
-    streams, failed = await net.open_streams(config["port"], requests, holder)
+    streams, failed = await net.open_streams(
+        config["port"], requests, holder, timeout=config.get("timeout", 120.0)
+    )
     live = [s.status == 200 and not s.closed for s in streams]
     print(json.dumps({"open": sum(live), "failed": failed}), flush=True)
     loop = asyncio.get_running_loop()
@@ -133,7 +135,13 @@ class Shard:
             text=True,
         )
         shard = cls(popen)
-        shard._send({"port": port, "requests": [r.decode("latin-1") for r in requests]})
+        shard._send(
+            {
+                "port": port,
+                "requests": [r.decode("latin-1") for r in requests],
+                "timeout": max(120.0, 2 * len(requests) / 40),
+            }
+        )
         return shard
 
     def _send(self, message: dict[str, Any]) -> None:
