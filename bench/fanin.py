@@ -111,7 +111,7 @@ class FanIn(Bench):
         section["limits"] = limits
         self.results["machine"]["open_file_limit"] = limits["open_file_limit"]
         self.say(f"limits: {limits}")
-        section["send_cost"] = await self.send_cost()
+        section["send_cost"] = await self.send_cost("start")
         try:
             for n in o.sizes:
                 rounds = max(1, o.peer_rounds)
@@ -134,15 +134,17 @@ class FanIn(Bench):
                         where.append(entry)
         finally:
             restore_ports(limits)
-        section["send_cost"] += await self.send_cost()
+        section["send_cost"] += await self.send_cost("end")
 
-    async def send_cost(self) -> list[dict[str, float]]:
+    async def send_cost(self, when: str) -> list[dict[str, Any]]:
         """The floor: one send() to each of N loopback sockets (bench/sendcost.py)."""
         from bench import sendcost
 
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         sizes = [s for s in (1000, 2000, 5000, 9000) if 2 * s + 1024 < nofile]
-        found = [await asyncio.to_thread(sendcost.measure, s) for s in sizes]
+        found: list[dict[str, Any]] = [
+            {"when": when, **await asyncio.to_thread(sendcost.measure, s)} for s in sizes
+        ]
         self.say(f"send cost: {found}")
         return found
 

@@ -228,10 +228,11 @@ def section(results: dict[str, Any], name: str) -> list[str]:
             "**The floor** (`python -m bench.sendcost`: one `socket.send()` of a 41-byte frame "
             "to each of N loopback TCP sockets from one Python process, median of 7 rounds):",
             "",
-            "| sockets | µs per send (median / best) | ms for all | load average |",
-            "|---:|---:|---:|---:|",
+            "| when | sockets | µs per send (median / best) | ms for all | load average |",
+            "|---|---:|---:|---:|---:|",
             *(
-                f"| {c['sockets']:,} | {c['us_per_send']} / {c['us_per_send_min']} | "
+                f"| {c.get('when', '')} | {c['sockets']:,} | "
+                f"{c['us_per_send']} / {c['us_per_send_min']} | "
                 f"{c['ms_for_all']} | {c['load_avg_1m']} |"
                 for c in cost
             ),
