@@ -41,7 +41,7 @@ def _turns(results: dict[str, Any], n: str, server: str) -> list[dict[str, Any]]
 
 
 def _values(turns: list[dict[str, Any]], path: tuple[str, ...]) -> list[float]:
-    return [v for v in (_get(t, *path) for t in turns) if isinstance(v, int | float)]
+    return [v for v in (_get_path(t, path) for t in turns) if isinstance(v, int | float)]
 
 
 def _cell(values: list[float]) -> str:
@@ -175,6 +175,72 @@ def _profiles(results: dict[str, Any], n: str) -> list[str]:
     ]
 
 
+def _median(results: dict[str, Any], n: str, server: str, *path: str) -> float | None:
+    values = _values(_turns(results, n, server), path)
+    return statistics.median(values) if values else None
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets as measured: Ripple, Node and the ratio (no verdicts: one run
+    on a shared machine is evidence, not a pass or fail)."""
+    rows = []
+
+    def row(target: str, n: str, *path: str, fmt: str = "ratio") -> None:
+        r, o = _median(results, n, "ripple", *path), _median(results, n, "node", *path)
+        if r is None or o is None:
+            return
+        ratio = f"{r / o:.2f}" if o else "-"
+        phase = "event" if path[0] == "open" else path[0]
+        loads = [
+            _median(results, n, server, phase, "load_avg", "0") for server in ("ripple", "node")
+        ]
+        load = " / ".join(_num(x) for x in loads)
+        rows.append(
+            f"| {target} | {_num(r)} | {_num(o)} | {ratio if fmt == 'ratio' else '-'} | {load} |"
+        )
+
+    for n in ("1000",):
+        if not _turns(results, n, "ripple"):
+            continue
+        page = "page_page"
+        row(
+            "item fragment p50 ≤ 1.5 x Node's (1,000 pages, ms)",
+            n,
+            page,
+            "fragment",
+            "latency_ms",
+            "p50",
+        )
+        row("item fragment p99 ≤ Node's (ms)", n, page, "fragment", "latency_ms", "p99")
+        row("catch-up fetch p99 ≤ Node's (ms)", n, page, "served_ms", "catchup", "p99")
+        row("POST p99 with 1,000 pages fetching ≤ 0.5 x Node's (ms)", n, page, "write_ms", "p99")
+    if _turns(results, "10000", "ripple"):
+        row("10,000 streams, 5 posts/s: delivery 1.0", "10000", "event", "event", "ratio")
+        row(
+            "10,000 streams: event p99 ≤ Node's (ms)",
+            "10000",
+            "event",
+            "event",
+            "latency_ms",
+            "p99",
+        )
+        row("10,000 streams: ≤ 16 KiB per stream", "10000", "open", "kib_per_stream")
+    if _turns(results, "20000", "ripple"):
+        row("20,000 held open (streams open)", "20000", "open", "open", fmt="-")
+        row("20,000 held open: delivery 1.0", "20000", "event", "event", "ratio")
+        row("20,000 streams: event p99 (ms)", "20000", "event", "event", "latency_ms", "p99")
+    if not rows:
+        return []
+    return [
+        "**Against the targets** (medians over the turns; ratio = Ripple ÷ Node):",
+        "",
+        "| target | Ripple | Node | ratio | load average (Ripple / Node turns) |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def section(results: dict[str, Any], name: str) -> list[str]:
     peer = results.get("peer", {})
     o = results["options"]
@@ -192,6 +258,7 @@ def section(results: dict[str, Any], name: str) -> list[str]:
         "",
     ]
     sizes = sorted(peer.get("sizes", {}), key=int)
+    out += targets(results)
     for n in sizes:
         if any("page_page" in t for t in _turns(results, n, "ripple")):
             out += [
