@@ -114,12 +114,15 @@ class FanIn(Bench):
         section["send_cost"] = await self.send_cost("start")
         try:
             for n in o.sizes:
-                rounds = max(1, o.peer_rounds)
+                # Turns alternate at every N; above the page sizes one turn each (they are long),
+                # and the GC before (ripple-gc-default) only where the pages fetch.
+                rounds = max(1, o.peer_rounds) if n <= o.page_max else 1
+                keys = [k for k in o.peer_servers if n <= o.page_max or k != "ripple-gc-default"]
                 for turn in range(rounds):
                     self.profiling = o.profile and turn == rounds - 1
                     for c in [
                         PeerContender(key, key.split("-")[0], key, "ripple", writer=UNSET)
-                        for key in o.peer_servers
+                        for key in keys
                     ]:
                         label = f"turn {turn + 1}" + (", profiled" if self.profiling else "")
                         self.say(f"--- {c.key}: {n} streams ({label})")
@@ -132,9 +135,18 @@ class FanIn(Bench):
                         entry["server_version"] = section["node_version"] if c.app == "node" else ""
                         where = section["sizes"].setdefault(str(n), {}).setdefault(c.key, [])
                         where.append(entry)
+                        self.save_partial()
         finally:
             restore_ports(limits)
         section["send_cost"] += await self.send_cost("end")
+
+    def save_partial(self) -> None:
+        """The results so far, rewritten after every block: a run cut short keeps them."""
+        import json
+
+        if not hasattr(self, "partial_path"):
+            self.partial_path = self.log_dir / "peer-partial.json"
+        self.partial_path.write_text(json.dumps(self.results, indent=1))
 
     async def send_cost(self, when: str) -> list[dict[str, Any]]:
         """The floor: one send() to each of N loopback sockets (bench/sendcost.py)."""
