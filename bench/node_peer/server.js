@@ -460,6 +460,7 @@ function worker() {
 
   const server = http.createServer((req, res) => {
     route(req, res).catch((err) => {
+      console.error(`${req.method} ${req.url.slice(0, 40)} failed: ${err.message}`);
       if (res.headersSent) return res.destroy();
       json(res, 503, { detail: `database unavailable: ${err.message}` }, { 'retry-after': '2' });
     });
