@@ -141,7 +141,17 @@ class Notices:
         self.conn: asyncpg.Connection | None = None
 
     async def start(self, url: str, channel: str) -> Notices:
-        self.conn = await asyncpg.connect(url)
+        # On a shared PostgreSQL the connection slots can be all taken for a moment: retry
+        # (bounded) rather than lose the run.
+        for attempt in range(30):
+            try:
+                self.conn = await asyncpg.connect(url)
+                break
+            except asyncpg.TooManyConnectionsError:
+                if attempt == 29:
+                    raise
+                await asyncio.sleep(1.0)
+        assert self.conn is not None
         await self.conn.add_listener(channel, self._heard)
         return self
 
