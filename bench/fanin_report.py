@@ -246,15 +246,19 @@ def section(results: dict[str, Any], name: str) -> list[str]:
     o = results["options"]
     m = results["machine"]
     named = name if name.startswith("`") else f"`{name}`"
+    turns = ", ".join(
+        f"{int(n):,}: {len(_turns(results, n, 'ripple'))}"
+        for n in sorted(peer.get("sizes", {}), key=int)
+    )
     out = [
         f"Run {named} ({results['started']}, app at `{results['app_revision']}`), "
         f"Node {peer.get('node_version')} with pg {peer.get('pg_version')}; "
         f"{m.get('cpus')} vCPU ({m.get('cpu_model', '')}), PostgreSQL {m.get('postgres', '?')}; "
         f"load average at start {m.get('load_at_start')}, at end {m.get('load_at_end')}; "
         f"open-file limit {m.get('open_file_limit')}; limits: `{peer.get('limits')}`. "
-        f"Each server: a fresh 2-worker instance per turn, {o['peer_rounds']} measured turns "
-        "each, in the order Ripple, Node, Ripple, Node; cells are the median with each "
-        "turn's value in brackets.",
+        "Each server: a fresh 2-worker instance per turn, in turns (Ripple, Node, Ripple, "
+        f"Node, ...); turns per server: {turns}; cells are the median with each turn's value "
+        "in brackets.",
         "",
     ]
     sizes = sorted(peer.get("sizes", {}), key=int)
