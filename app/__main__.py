@@ -1,35 +1,41 @@
-"""Command line: `python -m app serve | hide ID | prune --older-than DAYS`."""
+"""Command line: `python -m app serve | hide ID | prune --older-than DAYS [--yes]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
+import re
 import sys
 from datetime import timedelta
 
 from app.config import ConfigError, Settings
 from app.models import ACTIVITY_ID_MAX
 
+# Only ASCII digits: int() and float() also read other scripts' digits (Arabic-Indic 5), so an
+# operator's stray keystroke could hide or prune something they never typed.
+_ITEM_ID = re.compile(r"[0-9]+")
+_DAYS = re.compile(r"[0-9]+(\.[0-9]+)?")
+MIN_PRUNE_DAYS = 1  # younger items are pruned only with --yes
+
 
 def _item_id(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a feed item id") from None
+    if not _ITEM_ID.fullmatch(raw):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a feed item id (digits 0-9 only)")
+    value = int(raw)
     if not 0 < value <= ACTIVITY_ID_MAX:
         raise argparse.ArgumentTypeError(f"{raw} is not a feed item id (a positive number)")
     return value
 
 
 def _days(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of days") from None
+    if not _DAYS.fullmatch(raw):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a number of days (digits 0-9, optionally with a decimal point)"
+        )
+    value = float(raw)
     # A negative age would reach into the future and delete every item.
-    if not math.isfinite(value) or value < 0 or value > 100 * 365:
+    if value > 100 * 365:
         raise argparse.ArgumentTypeError(f"{raw} days: give a number from 0 to 36500")
     return value
 
@@ -90,7 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     hide.add_argument("item_id", type=_item_id, metavar="ID")
     prune = sub.add_parser("prune", help="delete feed items older than a retention age")
     prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
+    prune.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"confirm pruning items younger than {MIN_PRUNE_DAYS} day (0 deletes everything)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "prune" and args.older_than < MIN_PRUNE_DAYS and not args.yes:
+        print(
+            f"refusing --older-than {args.older_than:g}: below {MIN_PRUNE_DAYS} day it deletes "
+            "recent items (0: the whole feed). Nothing deleted; add --yes to confirm.",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "serve":
         problem = _config_problem()
         if problem is not None:

@@ -224,6 +224,17 @@ class Settings:
     presence_grace_seconds: float = 10.0
     listener_check_seconds: float = 5.0
     send_timeout_seconds: float = 30.0
+    # The HTTP protocol's edge limits (app/httpprotocol.py): the request line plus headers
+    # of one request, and how long they may take to arrive.
+    max_header_bytes: int = 32_768
+    header_timeout_seconds: float = 30.0
+    # How long a database that stops answering (a partition, not a refusal) may hold a request:
+    # a pool wait plus one connect or statement stays under the contract's 10 s (README).
+    db_connect_timeout_seconds: float = 5.0
+    db_statement_timeout_seconds: float = 5.0
+    db_pool_timeout_seconds: float = 3.0
+    listener_check_timeout_seconds: float = 2.0
+    stream_silence_seconds: float = 35.0
 
     @property
     def signing_key(self) -> bytes:
@@ -254,13 +265,16 @@ class Settings:
                 "DATABASE_URL is not set (run through `python -m app serve`, which starts "
                 "an embedded PostgreSQL for development when it is unset)"
             )
-        raw_unpooled = env.get("DATABASE_URL_UNPOOLED", "").strip() or raw_url
+        database = DatabaseUrl.parse(raw_url)
+        raw_unpooled = env.get("DATABASE_URL_UNPOOLED", "").strip()
+        listen_database = DatabaseUrl.parse(raw_unpooled) if raw_unpooled else database
         return cls(
-            database=DatabaseUrl.parse(raw_url),
-            listen_database=DatabaseUrl.parse(raw_unpooled),
+            database=database,
+            listen_database=listen_database,
             # A distinct unpooled URL means DATABASE_URL may be a transaction pooler:
-            # then no server-side prepared statements may outlive a transaction.
-            database_is_pooled=raw_unpooled != raw_url,
+            # then no server-side prepared statements may outlive a transaction. Compared
+            # parsed, so the same server spelled two ways is not taken for a pooler.
+            database_is_pooled=listen_database != database,
             secret_key=secret,
             secret_key_fallbacks=fallbacks,
             production=production,
@@ -279,4 +293,15 @@ class Settings:
             presence_grace_seconds=_float(env, "RIPPLE_PRESENCE_GRACE_SECONDS", 10.0, 0.0),
             listener_check_seconds=_float(env, "RIPPLE_LISTENER_CHECK_SECONDS", 5.0, 0.1),
             send_timeout_seconds=_float(env, "RIPPLE_SEND_TIMEOUT_SECONDS", 30.0, 0.5),
+            max_header_bytes=_int(env, "RIPPLE_MAX_HEADER_BYTES", 32_768, 1024),
+            header_timeout_seconds=_float(env, "RIPPLE_HEADER_TIMEOUT_SECONDS", 30.0, 0.5),
+            db_connect_timeout_seconds=_float(env, "RIPPLE_DB_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1),
+            db_statement_timeout_seconds=_float(
+                env, "RIPPLE_DB_STATEMENT_TIMEOUT_SECONDS", 5.0, 0.1
+            ),
+            db_pool_timeout_seconds=_float(env, "RIPPLE_DB_POOL_TIMEOUT_SECONDS", 3.0, 0.1),
+            listener_check_timeout_seconds=_float(
+                env, "RIPPLE_LISTENER_CHECK_TIMEOUT_SECONDS", 2.0, 0.1
+            ),
+            stream_silence_seconds=_float(env, "RIPPLE_STREAM_SILENCE_SECONDS", 35.0, 1.0),
         )

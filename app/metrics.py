@@ -52,6 +52,10 @@ NOTIFY_TO_SEND = Histogram(
 )
 FRAGMENTS_SERVED = Counter("ripple_fragment_requests_total", "Fragment requests answered", ["kind"])
 ITEMS_SERVED = FRAGMENTS_SERVED.labels("activity")  # the label looked up once: the hot path
+DATABASE_UNAVAILABLE = Counter(
+    "ripple_database_unavailable_total",
+    "Requests answered 503 because the database could not be reached in time",
+)
 QUEUE_USAGE = Gauge(
     "ripple_notification_queue_usage",
     "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use",

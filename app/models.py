@@ -14,7 +14,9 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     Uuid,
@@ -33,6 +35,7 @@ NAMING = {
 MESSAGE_MAX = 280
 ACTIVITY_ID_MAX = 2**63 - 1  # activity ids are PostgreSQL bigints
 NAME_MAX = 40
+IDEMPOTENCY_KEY_MAX = 64
 
 
 class Base(DeclarativeBase):
@@ -49,12 +52,18 @@ class Counter(Base):
 
 
 class Visitor(Base):
-    """A browser identity, recorded at its first stream or first write (never by GET /)."""
+    """A browser identity, recorded at its first write, or at its first stream within its
+    address's allowance (never by GET /)."""
 
     __tablename__ = "visitors"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX), nullable=False)
+    # NFKC, case-folded: what two visible names must not share (app.services.visitors.name_key).
+    # A row written outside the app (a script, a benchmark) gets "", which matches no name.
+    name_key: Mapped[str] = mapped_column(Text, nullable=False, server_default="", index=True)
+    # When the visitor last chose a name: it stays reserved for a day.
+    renamed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
@@ -65,6 +74,7 @@ class Activity(Base):
 
     __tablename__ = "activity"
     __table_args__ = (
+        # 'joined' is no longer written (watching writes no feed item); old rows stay valid.
         CheckConstraint("kind IN ('message', 'joined', 'renamed')", name="kind"),
         CheckConstraint(f"char_length(body) <= {MESSAGE_MAX}", name="body_length"),
         Index("ix_activity_created_at", "created_at"),
@@ -123,3 +133,22 @@ class RateBucket(Base):
     key: Mapped[str] = mapped_column(String(120), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     hits: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class IdempotencyKey(Base):
+    """The committed answer to a write sent with an `Idempotency-Key`, written in the write's
+    own transaction: it exists if and only if the write committed. Expired after 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    # No foreign key: an increment does not record its visitor.
+    visitor_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX), primary_key=True)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    status: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    content_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -16,14 +16,14 @@ from litestar import Litestar
 from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from app import metrics, ratelimit
+from app import metrics
 from app.config import Settings
 from app.db import open_database
 from app.freshreads import FreshReads
 from app.itemcache import ItemCache
-from app.presence import PresenceTracker, PresenceView, online
 from app.realtime import CHANNEL, Hub, Listener
-from app.services import counter, feed
+from app.services import counter, feed, idempotency, ratelimit
+from app.services.presence import PresenceTracker, PresenceView, online
 from app.workers import WorkerRegistry, new_worker_id
 
 log = logging.getLogger("ripple.runtime")
@@ -49,6 +49,7 @@ class Runtime:
             settings.listen_database,
             self.hub.publish,
             check_interval=settings.listener_check_seconds,
+            check_timeout=settings.listener_check_timeout_seconds,
             send_probe=self._send_probe,
             on_state=self._report_listener_state,
             on_reconnect=self._resync_after_reconnect,
@@ -79,7 +80,9 @@ class Runtime:
         await self.registry.beat(connected)
 
     async def _resync_after_reconnect(self) -> None:
-        """Notifications sent while the listener was away are gone: every stream re-reads."""
+        """Notifications sent while the listener was away are gone: every stream re-reads.
+        Our presence rows may be gone too (a failover): the next heartbeat writes them again."""
+        self.presence.rows_lost()
         try:
             newest = await feed.newest_id(self.db)
         except (OSError, SQLAlchemyError) as exc:  # resync anyway, with the newest id we know
@@ -102,6 +105,7 @@ class Runtime:
                 await self.presence.repair()
                 await self.registry.reap()
                 await ratelimit.forget_old_windows(self.db)
+                await idempotency.forget_expired(self.db)
                 queue_usage = await self._queue_usage()
                 metrics.QUEUE_USAGE.set(queue_usage)
             except Exception as exc:  # the database may be away; keep beating
@@ -120,10 +124,8 @@ class Runtime:
             await asyncio.sleep(self.settings.ping_seconds * 0.9)
             self.hub.ping_all()
             for sub in self.hub.stuck_streams(self.settings.send_timeout_seconds):
-                sub.timed_out = True
                 metrics.SLOW_STREAMS_CLOSED.inc()
-                if sub.task is not None:
-                    sub.task.cancel()
+                sub.time_out()  # cancels the stream's task out of its send
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from app.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACEFUL_SHUTDOWN_SECONDS = 5
+HTTP_PROTOCOL = "app.httpprotocol:EdgeLimitedHttpToolsProtocol"  # head size cap and deadline
 
 log = logging.getLogger("ripple.serve")
 
@@ -148,6 +149,8 @@ def main() -> None:
             host="0.0.0.0",  # noqa: S104 - a PaaS routes to the container's port
             port=settings.port,
             workers=settings.web_concurrency,
+            # By name: each worker imports it and reads its limits from the inherited env.
+            http=HTTP_PROTOCOL,
             # The front door reads X-Forwarded-For itself (PROXY_HOPS; app.web.frontdoor).
             proxy_headers=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

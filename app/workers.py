@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ class WorkerRegistry:
         self.worker_id = worker_id
         self.instance_id = instance_id
         self._expiry = timedelta(seconds=expiry)
+        self._health_read: asyncio.Future[InstanceHealth] | None = None
+        self._health_read_started = 0.0
 
     async def beat(self, listener_connected: bool) -> bool:
         """Record that this worker is alive; True if its row had to be created (again)."""
@@ -80,6 +84,27 @@ class WorkerRegistry:
             await session.execute(delete(Worker).where(Worker.id == self.worker_id))
             await notify_presence(session, visitors[:NOTIFY_AT_MOST])
 
+    async def instance_health_within(self, fresh_within: float, wait: float) -> InstanceHealth:
+        """`instance_health`, or TimeoutError after `wait` seconds (a health check must answer
+        fast even when the database does not).
+
+        The read is not cancelled on a timeout (cancelling a statement in flight costs a
+        cancel request and a connection close, each able to hang across a partition); it
+        runs on within the pool's own timeouts. Checks that come within `wait` of its start
+        share it instead of piling up more; later ones start afresh, so a database that is
+        back is seen at once, not when an old read finally times out.
+        """
+        read = self._health_read
+        now = time.monotonic()
+        if read is None or read.done() or now - self._health_read_started > wait:
+            read = self._health_read = asyncio.ensure_future(self.instance_health(fresh_within))
+            read.add_done_callback(_retrieve_exception)
+            self._health_read_started = now
+        done, _ = await asyncio.wait({read}, timeout=wait)
+        if not done:
+            raise TimeoutError(f"instance health not read within {wait} s")
+        return read.result()
+
     async def instance_health(self, fresh_within: float) -> InstanceHealth:
         query = select(
             func.count(), func.count().filter(Worker.listener_connected.is_(True))
@@ -90,3 +115,9 @@ class WorkerRegistry:
         async with self._db.autocommit() as session:
             total, connected = (await session.execute(query)).one()
         return InstanceHealth(workers=int(total), listeners_connected=int(connected))
+
+
+def _retrieve_exception(future: asyncio.Future[InstanceHealth]) -> None:
+    """A health read nobody waited for to the end may fail unseen: not an unhandled error."""
+    if not future.cancelled():
+        future.exception()

@@ -173,9 +173,11 @@ async def test_rate_limited_writes_say_when_to_retry(web: Web, app_server: Serve
         re.compile(r"^Too many requests\. Try again in \d+ s\.$")
     )
     await expect(a.person(a_id).locator(".person-name")).to_have_text(last_ok)
-    # Someone joins: a's presence list refreshes, and the form's message stays.
+    # Someone joins: a's presence list refreshes, and the form's message stays. (c is past
+    # this address's allowance of one new visitor a minute: listed once they write.)
     c = await web.open(server.base_url, "c")
-    await expect(a.person(await c.visitor_id())).to_be_visible()
+    await c.post(f"hello {_tag()}")
+    await expect(a.person(await c.visitor_id())).to_be_visible(timeout=10_000)
     await expect(a.page.locator("#name-error")).to_have_text(
         re.compile(r"^Too many requests\. Try again in \d+ s\.$")
     )

@@ -39,10 +39,9 @@ def _tag() -> str:
 
 
 async def _settled(tab: Tab, item_id: int) -> None:
-    """The page has fetched everything up to ``item_id`` (its cursor passed it)."""
-    await tab.page.wait_for_function(
-        "(id) => window.ripple.cursor() >= id", arg=item_id, timeout=10_000
-    )
+    """The page shows ``item_id``. (Its cursor moves only on list answers, so a single live
+    item, fetched by its own URL, leaves the cursor where it was.)"""
+    await tab.wait_items([item_id])
 
 
 def _descending(ids: list[int]) -> bool:

@@ -20,7 +20,7 @@ from app.db import Database, open_database
 from app.identity import Identity
 from app.realtime import CHANNEL
 from app.services import counter, feed
-from app.services.visitors import ensure_recorded
+from app.services.visitors import ensure_recorded, post_message
 
 PAYLOAD = re.compile(r"^(counter|presence|activity|resync):[0-9A-Za-z_-]{1,64}$")
 
@@ -71,7 +71,7 @@ async def test_rolled_back_write_notifies_no_one(
 
     async def write_then_fail() -> None:
         async with db.transaction() as session:
-            await ensure_recorded(session, _visitor())  # a join: visitor row plus feed item
+            await ensure_recorded(session, _visitor())  # a first write: the visitor row
             await counter_bump(session)
             raise RuntimeError("abort")
 
@@ -91,7 +91,7 @@ async def test_payloads_are_ids_only_and_small(
     await _drain(notifications)
     secret = "a message that must never travel on the bus " + "x" * 200
     visitor = _visitor()
-    item = await feed.post(db, visitor, secret)
+    item = await post_message(db, visitor, secret)  # records the visitor, then posts
     payloads = await _drain(notifications, settle=0.5)
     assert payloads, "the post notified nothing"
     assert f"activity:{item.id}" in payloads
@@ -166,10 +166,14 @@ async def test_one_statement_posts_keep_commit_order_and_fail_silently(
     async with db.transaction() as session:
         await ensure_recorded(session, author)
     await _drain(notifications)
-    items = await asyncio.gather(*(feed.post(db, author, f"c{n}") for n in range(40)))
+    posts = [feed.post_if_recorded(db, author.id, f"c{n}") for n in range(40)]
+    items = [item for item in await asyncio.gather(*posts) if item is not None]
+    assert len(items) == 40
     payloads = [p for p in await _drain(notifications, settle=0.5) if p.startswith("activity:")]
     assert payloads == [f"activity:{i}" for i in sorted(item.id for item in items)]
 
     with pytest.raises(IntegrityError):
-        await feed.post(db, author, "x" * 281)  # the table's own length check refuses it
+        await feed.post_if_recorded(
+            db, author.id, "x" * 281
+        )  # the table's own length check refuses it
     assert await _drain(notifications, settle=0.5) == []

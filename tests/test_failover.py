@@ -191,6 +191,16 @@ async def test_promoted_standby_takes_over_streams_writes_and_pages(
             # replication loses these. Their NOTIFY reached every stream all the same.
             await _posted(visitor, "acknowledged but never replicated", streams)
             assert (await visitor.increment()).status_code == 200
+            # A newcomer recorded only by the old primary: their visitor row is lost too.
+            newcomer = await Visitor.arrive(server.base_url)
+            newcomer_id = newcomer.cookies()["ripple_visitor"].split(".")[1]
+            newcomer_stream = await SSEClient.connect(
+                server.base_url, cookies=newcomer.cookie_header()
+            )
+            streams.append(newcomer_stream)
+            await eventually(
+                lambda: online_ids(server.base_url), lambda ids: newcomer_id in ids, 10
+            )
 
             started = time.monotonic()
             await primary.astop(stop_mode)
@@ -216,6 +226,11 @@ async def test_promoted_standby_takes_over_streams_writes_and_pages(
             assert new_state[0] == 3  # two replicated increments and one after; one lost
             assert await _state_shown(visitor) == new_state
             await eventually(lambda: online_ids(server.base_url), lambda ids: visitor_id in ids, 15)
+            # The newcomer is recorded again on the new primary and listed.
+            await eventually(
+                lambda: online_ids(server.base_url), lambda ids: newcomer_id in ids, 15
+            )
+            await newcomer.aclose()
         finally:
             await _close(streams)
 

@@ -133,7 +133,7 @@ async def test_client_that_stops_reading_never_holds_back_the_others(
 ) -> None:
     server = await asyncio.to_thread(app_server, workers=1)
     async with await Visitor.arrive(server.base_url) as writer:
-        await writer.post("warming up")  # records the writer (a "joined" item) first
+        await writer.post("warming up")  # records the writer first
         stalled = [await StalledStream.open(server.base_url) for _ in range(3)]
         readers = await _open_streams(server.base_url, 3)
         try:

@@ -7,13 +7,12 @@ One instance (one worker, so per-worker caps are exact) serves this module.
 
 import asyncio
 import re
-import socket
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from support import database
-from support.paths import REPO_ROOT
+from support.probes import metric
 from support.server import AppServer
 from support.sse import SSEClient
 from support.visitors import Visitor
@@ -149,6 +148,8 @@ async def test_a_database_outage_answers_503_with_the_security_headers(
         assert answer.status_code == 503, answer.text
         assert "retry-after" in answer.headers
         assert_secured(answer.headers, "503")
+        # Every fault shows in /metrics (which needs no database).
+        assert await metric(server.base_url, "ripple_database_unavailable_total") >= 1
 
 
 async def test_head_answers_every_get_route_without_a_body(door: AppServer) -> None:
@@ -163,7 +164,7 @@ async def test_head_answers_every_get_route_without_a_body(door: AppServer) -> N
             "/fragments/activity",
             "/fragments/activity?after=0",
             f"/fragments/activity/{found.group(1)}",
-            "/static/app.js",
+            "/static/js/main.js",
             "/healthz",
         ]
         for path in routes:
@@ -184,32 +185,6 @@ async def test_head_answers_every_get_route_without_a_body(door: AppServer) -> N
         assert_secured(head.headers, "HEAD /events")
 
 
-async def test_item_urls_are_canonical(door: AppServer) -> None:
-    async with await Visitor.arrive(door.base_url) as ann:
-        item_id = (await ann.post("canonical")).json()["id"]
-        assert item_id < 10**6
-        assert (await ann.get(f"/fragments/activity/{item_id}")).status_code == 200
-        # The fast path (the item is now rendered on the worker) and Litestar's route agree.
-        for _ in range(2):
-            for alias in [
-                f"+{item_id}",
-                f"0{item_id}",
-                f"{item_id}".replace("", "_")[1:-1] if item_id >= 10 else f"{item_id}_",
-                f"{item_id}".translate(
-                    {ord("0") + d: 0x0660 + d for d in range(10)}
-                ),  # Arabic-Indic
-                f"{item_id}".translate({ord("0") + d: 0xFF10 + d for d in range(10)}),  # fullwidth
-                f" {item_id}",
-                "0",
-                "-1",
-                "9" * 25,
-            ]:
-                answer = await ann.get(f"/fragments/activity/{alias}")
-                assert answer.status_code == 404, (alias, answer.status_code)
-                assert "etag" not in answer.headers
-                assert answer.headers.get("cache-control") == "no-store"
-
-
 async def test_the_client_address_is_never_one_the_client_wrote(door: AppServer) -> None:
     """200 posts from one client, each with another made-up leftmost X-Forwarded-For entry
     (and each from a fresh identity, so only the address's allowance can stop them)."""
@@ -220,57 +195,33 @@ async def test_the_client_address_is_never_one_the_client_wrote(door: AppServer)
             client.cookies.clear()
             page = await client.get("/", headers=via_proxies(client_ip, f"192.0.2.{attempt % 250}"))
             token = page.cookies["csrftoken"]
-            answer = await client.post(
-                "/activity",
-                data={"message": f"spoof {attempt}"},
-                headers={
-                    **via_proxies(client_ip, f"203.0.113.{attempt % 250}"),
-                    "x-csrftoken": token,
-                    "accept": "application/json",
-                },
-            )
+            for _try in range(5):  # a loaded machine may answer 503 (pool wait): try again
+                answer = await client.post(
+                    "/activity",
+                    data={"message": f"spoof {attempt}"},
+                    headers={
+                        **via_proxies(client_ip, f"203.0.113.{attempt % 250}"),
+                        "x-csrftoken": token,
+                        "accept": "application/json",
+                    },
+                )
+                if answer.status_code != 503:
+                    break
+                await asyncio.sleep(1)
             assert answer.status_code in {201, 429}, answer.text
             accepted += answer.status_code == 201
             refused += answer.status_code == 429
-    assert accepted == 20, "the client's address allows 4 x 5 posts a minute"
-    assert refused == 180
+    # The address allows 4 x 5 posts a minute, in fixed windows: a run that crosses a
+    # minute boundary gets a second allowance, so count per window the database kept.
+    windows = await database.fetch(
+        door.env["DATABASE_URL"],
+        "SELECT hits FROM rate_buckets WHERE key = $1",
+        f"ip:{client_ip}:write",
+    )
+    assert windows, "the client's address was never counted"
+    assert accepted == sum(min(row["hits"], 20) for row in windows)
+    assert accepted + refused == 200
+    assert refused >= 200 - 20 * len(windows) >= 160
     rows = await database.fetch(door.env["DATABASE_URL"], "SELECT key FROM rate_buckets")
     keys = {row["key"] for row in rows}
-    assert f"ip:{client_ip}:write" in keys
     assert not any(key.startswith(("ip:192.0.2.", "ip:203.0.113.")) for key in keys)
-
-
-async def test_metrics_need_the_token(door: AppServer) -> None:
-    async with httpx.AsyncClient(base_url=door.base_url, timeout=10) as client:
-        assert (await client.get("/metrics")).status_code == 401
-        wrong = await client.get("/metrics", headers={"authorization": "Bearer nope"})
-        assert wrong.status_code == 401
-        odd = await client.get("/metrics", headers=[(b"authorization", "Bearer é".encode())])
-        assert odd.status_code == 401
-        right = await client.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
-        assert right.status_code == 200
-        assert "ripple_open_streams" in right.text
-
-
-async def test_no_answer_names_the_machine(door: AppServer) -> None:
-    host = socket.gethostname()
-    root = str(REPO_ROOT)
-    async with httpx.AsyncClient(base_url=door.base_url, timeout=10) as client:
-        health = await client.get("/healthz")
-        assert health.status_code == 200
-        assert host not in health.text
-        assert "instance" not in health.json()
-        for path in [
-            "/static/vendor",
-            "/static/vendor/",
-            "/static/../pyproject.toml",
-            "/static/%2e%2e/pyproject.toml",
-            "/static/nope.js",
-            "/fragments/activity/x",
-        ]:
-            for accept in ["text/html", "application/json"]:
-                answer = await client.get(path, headers={"accept": accept})
-                assert answer.status_code in {400, 404}, (path, answer.status_code)
-                assert root not in answer.text, (path, answer.text)
-                assert "/static/" not in answer.text.replace(path, ""), (path, answer.text)
-                assert_secured(answer.headers, path)

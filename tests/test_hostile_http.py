@@ -157,7 +157,9 @@ def site(admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             startup_timeout=60,  # generous: a loaded CI machine starts slowly
         )
         server.start()
-        yield Site(server, url, Ledger())
+        site = Site(server, url, Ledger())
+        yield site
+        asyncio.run(_database_holds_exactly_the_accepted_writes(site))
     finally:
         if server is not None:
             server.stop()
@@ -339,7 +341,7 @@ async def test_security_headers_on_pages_fragments_errors_static_and_the_stream(
             await ann.get(f"/fragments/activity/{item_id.group(1)}"),
             await ann.increment(),
             await ann.rename("Header Checker"),
-            await ann.get("/static/app.js"),
+            await ann.get("/static/js/main.js"),
             await ann.get("/healthz"),
             await ann.get("/metrics"),
         ]
@@ -755,7 +757,9 @@ def test_fuzz_writes_with_a_valid_token_never_get_a_5xx(
     assert token
     # The ledger reads a rename's accepted name from JSON (or an urlencoded request).
     headers = {"x-csrftoken": token, "accept": "application/json" if path == "/me" else accept}
-    if hx:
+    # A plain form post (text/html, no HX-Request) is answered 303 with no item to record:
+    # test_browser_nojs covers it; here the answers the ledger can read.
+    if hx or ("text/html" in accept and "application/json" not in accept):
         headers["hx-request"] = "true"
     kind, payload = body
     if kind == "form":
@@ -949,8 +953,7 @@ async def test_event_stream_is_get_only(site: Site) -> None:
             assert response.headers["allow"] == "GET, HEAD"
 
 
-async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> None:
-    """Last in the module: every 200/201 is a row, nothing refused is; normal use still works."""
+async def test_normal_use_still_works_among_the_attacks(site: Site) -> None:
     async with await site.arrive() as normal:
         normal_id = normal.cookies()[COOKIE].split(".")[1]
         async with SSEClient.open(site.base_url, cookies=normal.cookie_header()) as stream:
@@ -958,12 +961,17 @@ async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> 
             await stream.wait_for_event("ping", timeout=5)
             item_id = (await normal.post("still working")).json()["id"]
             await stream.wait_for_event("activity", str(item_id), timeout=5)
+            before = (await normal.get("/fragments/counter")).json()["value"]
             value = (await normal.increment()).json()["value"]
+            assert value > before
             await stream.wait_for_event("counter", timeout=5)
         fragment = await normal.get(f"/fragments/activity/{item_id}")
         assert fragment.json()["body"] == "still working"
-        assert value == site.ledger.increments
 
+
+async def _database_holds_exactly_the_accepted_writes(site: Site) -> None:
+    """Checked when the module's server stops, whatever ran: every 200/201 is a row,
+    nothing refused is, and the server logged no error."""
     ledger = site.ledger
     messages = await database.fetch(site.db, "SELECT id FROM activity WHERE kind = 'message'")
     assert {row["id"] for row in messages} == ledger.messages - ledger.pruned
@@ -979,9 +987,9 @@ async def test_zz_the_database_holds_exactly_the_accepted_writes(site: Site) -> 
         if row["id"].hex in ledger.names:
             assert row["name"] == ledger.names[row["id"].hex]
     joined = await database.fetchval(site.db, "SELECT count(*) FROM activity WHERE kind = 'joined'")
-    assert joined == len(people)  # each visitor joined once, pruning aside (none were aged)
-    # The fuzzing reached past CSRF into the validators and the writes.
-    assert {200, 201, 422} <= set(WRITE_ANSWERS), WRITE_ANSWERS
+    assert joined == 0  # going online is no feed item (watching makes no page fetch anything)
+    if WRITE_ANSWERS:  # the write fuzzing ran: it reached past CSRF into validators and writes
+        assert {200, 201, 422} <= set(WRITE_ANSWERS), WRITE_ANSWERS
 
     log = site.server.log_text()
     assert "unhandled error" not in log

@@ -338,6 +338,7 @@ async def test_production_sets_secure_cookies_and_headers_and_never_shows_a_stac
                 **headers,
                 "content-type": "application/x-www-form-urlencoded",
                 "accept": "text/html",
+                "hx-request": "true",  # a plain form post's refusal is the page (test_browser_nojs)
             }
             response = await raw.request(
                 method,

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub
+from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, WriterState
 
 
 async def test_a_subscriber_that_never_drains_stays_bounded_and_gets_one_resync() -> None:
@@ -58,20 +58,35 @@ async def test_replayed_ids_are_not_sent_twice() -> None:
     assert sub.take()[0] == b"event: activity\nid: 6\ndata: 6\n\n"
 
 
-async def test_wait_wakes_on_publish_and_on_close() -> None:
+async def test_the_stream_task_waits_while_idle_and_wakes_for_a_send_that_waits_or_the_end() -> (
+    None
+):
     hub = Hub()
+    send = RecordingSend()
     sub = hub.subscribe()
+    sub.attached(send)  # type: ignore[arg-type]
     waiter = asyncio.create_task(sub.wait())
     await asyncio.sleep(0)
     assert not waiter.done()
-    hub.publish(Event(ACTIVITY, "1"))
+    hub.publish(Event(ACTIVITY, "1"))  # written by the fan-out loop: nothing for the task
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    send.gate = asyncio.Event()
+    hub.publish(Event(ACTIVITY, "2"))  # this send must wait: the task is woken to finish it
     await asyncio.wait_for(waiter, 1)
-    sub.take()
+    assert sub.state.name == WriterState.WAITING_ON_SOCKET.name
+    send.gate.set()
+    await asyncio.wait_for(sub.finish_waiting_send(), 1)
+    assert sub.state.name == WriterState.IDLE.name
     waiter = asyncio.create_task(sub.wait())
     await asyncio.sleep(0)
     hub.close_all()
     await asyncio.wait_for(waiter, 1)
     assert sub.closed
+    assert send.chunks == [
+        b"event: activity\nid: 1\ndata: 1\n\n",
+        b"event: activity\nid: 2\ndata: 2\n\n",
+    ]
 
 
 class RecordingSend:
@@ -98,7 +113,7 @@ async def test_an_idle_attached_stream_is_written_from_the_fan_out_loop() -> Non
     send = RecordingSend()
     sub = hub.subscribe()
     sub.replayed_upto = 5
-    sub.attach(send)  # type: ignore[arg-type]
+    sub.attached(send)  # type: ignore[arg-type]
     for n in (5, 6, 7):
         hub.publish(Event(ACTIVITY, str(n)))
     # Written at once, in order, replayed ids skipped, nothing left for the stream's task.
@@ -115,14 +130,14 @@ async def test_a_write_that_must_wait_is_finished_by_the_stream_and_later_frames
     send = RecordingSend()
     send.gate = asyncio.Event()
     sub = hub.subscribe()
-    sub.attach(send)  # type: ignore[arg-type]
+    sub.attached(send)  # type: ignore[arg-type]
     hub.publish(Event(ACTIVITY, "1"))  # the send suspends: handed to the stream
     hub.publish(Event(ACTIVITY, "2"))  # queued behind it, not written around it
     assert send.chunks == []
     assert sub.send_started > 0  # the watchdog can see the stuck send
     waiter = asyncio.create_task(sub.wait())
     await asyncio.wait_for(waiter, 1)  # the stream's task is woken to finish it
-    finishing = asyncio.create_task(sub.finish_inflight())
+    finishing = asyncio.create_task(sub.finish_waiting_send())
     for _ in range(5):  # it waits, as a server's send waits for the client to read
         await asyncio.sleep(0)
     assert not finishing.done()
@@ -130,8 +145,10 @@ async def test_a_write_that_must_wait_is_finished_by_the_stream_and_later_frames
     await asyncio.wait_for(finishing, 1)
     assert send.chunks == [b"event: activity\nid: 1\ndata: 1\n\n"]
     assert sub.send_started == 0.0
-    chunk, _ = sub.take()
-    assert chunk == b"event: activity\nid: 2\ndata: 2\n\n"
+    assert sub.state.name == WriterState.DRAINING.name  # frame 2 is queued: the task sends it next
+    await asyncio.wait_for(sub.drain(), 1)
+    assert send.chunks[1:] == [b"event: activity\nid: 2\ndata: 2\n\n"]
+    assert sub.state.name == WriterState.IDLE.name
     hub.unsubscribe(sub)
 
 
@@ -140,8 +157,8 @@ async def test_a_broken_connection_ends_that_stream_only() -> None:
     broken, healthy = RecordingSend(), RecordingSend()
     broken.fail = True
     subs = [hub.subscribe(), hub.subscribe()]
-    subs[0].attach(broken)  # type: ignore[arg-type]
-    subs[1].attach(healthy)  # type: ignore[arg-type]
+    subs[0].attached(broken)  # type: ignore[arg-type]
+    subs[1].attached(healthy)  # type: ignore[arg-type]
     hub.publish(Event(ACTIVITY, "1"))
     assert subs[0].closed
     assert subs[0].disconnected
@@ -191,10 +208,10 @@ async def test_a_send_that_returns_a_plain_awaitable_is_stepped_the_same_way() -
         return PlainAwaitable(chunks, message["body"], gate)
 
     sub = hub.subscribe()
-    sub.attach(send)  # type: ignore[arg-type]
+    sub.attached(send)  # type: ignore[arg-type]
     hub.publish(Event(ACTIVITY, "1"))  # waits on its gate: handed to the stream's task
     assert chunks == []
-    finishing = asyncio.create_task(sub.finish_inflight())
+    finishing = asyncio.create_task(sub.finish_waiting_send())
     for _ in range(5):
         await asyncio.sleep(0)
     assert not finishing.done()

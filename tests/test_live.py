@@ -189,23 +189,29 @@ async def test_presence_join_leave_and_rename(app_server: AppServerFactory) -> N
         await bob.aclose()
 
 
-async def test_first_time_online_appears_in_the_feed_once(app_server: AppServerFactory) -> None:
+async def test_going_online_lists_the_visitor_and_writes_no_feed_item(
+    app_server: AppServerFactory,
+) -> None:
+    """A first stream records the visitor and lists them (a presence event), but puts nothing
+    in the feed: no page fetches anything because someone merely opened the site."""
     server = await asyncio.to_thread(app_server, workers=2)
-    async with await Visitor.arrive(server.base_url) as newcomer:
+    async with (
+        await Visitor.arrive(server.base_url) as watcher,
+        await Visitor.arrive(server.base_url) as newcomer,
+    ):
         vid = newcomer.cookies()["ripple_visitor"].split(".")[1]
-        page = await newcomer.get("/fragments/activity")
-        assert not any(i["author_id"] == vid for i in page.json()["items"]), "GET / wrote"
-        async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
-            await s.wait_for_event("activity", timeout=5)  # their join
-        async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
-            await s.next_event(timeout=5)
-        await newcomer.increment()  # a write, too, records nobody twice
-        joins = [
-            i
-            for i in (await newcomer.get("/fragments/activity")).json()["items"]
-            if i["author_id"] == vid and i["kind"] == "joined"
-        ]
-        assert len(joins) == 1
+        async with SSEClient.open(server.base_url, cookies=watcher.cookie_header()) as seen:
+            await seen.wait_for_event("ping", timeout=5)
+            async with SSEClient.open(server.base_url, cookies=newcomer.cookie_header()) as s:
+                await s.wait_for_event("ping", timeout=5)
+                await seen.wait_for_event("presence", vid, timeout=5)
+                listing = (await watcher.get("/fragments/presence")).json()
+                assert vid in {v["id"] for v in listing["visitors"]}
+            await newcomer.increment()  # a write that records nobody and is no feed item
+            await seen.wait_for_event("counter", timeout=5)
+            assert not [ev for ev in seen.events if ev.event == "activity"]
+        items = (await newcomer.get("/fragments/activity")).json()["items"]
+        assert not any(i["author_id"] == vid for i in items)
 
 
 async def test_an_item_answered_from_memory_is_the_same_answer_as_from_the_database(

@@ -12,8 +12,6 @@ import httpx
 from support.paths import REPO_ROOT
 from support.server import APP_VARIABLES, AppServer
 
-from app.web import csrf
-
 OLD_KEY = "old-key-" + "o" * 40
 NEW_KEY = "new-key-" + "n" * 40
 
@@ -96,59 +94,3 @@ async def test_a_key_rotation_logs_nobody_out(app_server: Callable[..., AppServe
         token = client.cookies["csrftoken"]
         assert token != token_before, "a token only the dropped key signed is replaced"
         assert (await _post(client, "settled", token)).status_code == 201
-
-
-async def test_an_unsigned_csrf_cookie_is_replaced_by_the_next_page_or_state_get(
-    app_server: Callable[..., AppServer],
-) -> None:
-    server = await asyncio.to_thread(app_server, {"SECRET_KEY": NEW_KEY}, workers=1)
-    sibling = csrf.new_token(b"a sibling subdomain's key" * 2)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-        await client.get("/")
-        good = client.cookies["csrftoken"]
-        posted = await _post(client, "an item to fetch", good)
-        item_id = posted.json()["id"]
-        for planted in [sibling, "junk", good + "x"]:
-            _plant(client, planted)
-            refused = await _post(client, "with a foreign cookie", planted)
-            assert refused.status_code == 403, refused.text
-            _plant(client, planted)
-            # Cacheable item fragments never set a cookie.
-            item = await client.get(f"/fragments/activity/{item_id}")
-            assert item.status_code == 200
-            assert "set-cookie" not in item.headers
-            # A state fragment (as the page re-reads on every stream open) replaces it.
-            state = await client.get("/fragments/counter")
-            assert "csrftoken=" in state.headers.get("set-cookie", "")
-            fresh = client.cookies["csrftoken"]
-            assert fresh != planted
-            assert (await _post(client, "recovered", fresh)).status_code == 201
-            # A page GET replaces it too.
-            _plant(client, planted)
-            page = await client.get("/")
-            assert "csrftoken=" in page.headers.get("set-cookie", "")
-            assert client.cookies["csrftoken"] != planted
-        # A valid cookie is never replaced (other tabs hold it).
-        kept = client.cookies["csrftoken"]
-        again = await client.get("/fragments/presence")
-        assert "set-cookie" not in again.headers
-        assert client.cookies["csrftoken"] == kept
-
-
-async def test_a_plain_form_post_may_carry_the_token_in_a_hidden_field(
-    app_server: Callable[..., AppServer],
-) -> None:
-    server = await asyncio.to_thread(app_server, workers=1)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-        page = await client.get("/")
-        token = client.cookies["csrftoken"]
-        assert f'name="csrf_token" value="{token}"' in page.text
-        accepted = await client.post(
-            "/activity", data={"message": "no script here", "csrf_token": token}
-        )
-        assert accepted.status_code in {201, 303}, accepted.text
-        for wrong in ["", "x", token + "x", "é"]:
-            refused = await client.post(
-                "/activity", data={"message": "forged", "csrf_token": wrong}
-            )
-            assert refused.status_code == 403, (wrong, refused.text)

@@ -3,7 +3,10 @@
 Nothing outside this package imports past this module.
 """
 
-from app.realtime.events import (
+from app.realtime.hub import Hub, Subscription
+from app.realtime.listener import Listener, ListenerUnusable
+from app.realtime.stream import write_stream
+from app.realtime.wireformat import (
     ACTIVITY,
     CHANNEL,
     COUNTER,
@@ -15,9 +18,7 @@ from app.realtime.events import (
     encode_frame,
     notify,
 )
-from app.realtime.hub import Hub, Subscription
-from app.realtime.listener import Listener, ListenerUnusable
-from app.realtime.stream import pump
+from app.realtime.writer import TransitionError, WriterState
 
 __all__ = [
     "ACTIVITY",
@@ -32,7 +33,9 @@ __all__ = [
     "ListenerUnusable",
     "PayloadError",
     "Subscription",
+    "TransitionError",
+    "WriterState",
     "encode_frame",
     "notify",
-    "pump",
+    "write_stream",
 ]

@@ -20,7 +20,7 @@ import asyncpg
 from app import metrics
 from app.config import DatabaseUrl
 from app.db import reports_read_only
-from app.realtime.events import CHANNEL, Event, PayloadError
+from app.realtime.wireformat import CHANNEL, Event, PayloadError
 
 log = logging.getLogger("ripple.listener")
 
@@ -65,6 +65,7 @@ class Listener:
         deliver: Callable[[Event], None],
         *,
         check_interval: float = 5.0,
+        check_timeout: float = 2.0,
         send_probe: Callable[[str], Awaitable[None]] | None = None,
         on_state: Callable[[bool], Awaitable[None]] | None = None,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
@@ -72,6 +73,7 @@ class Listener:
         self._url = url
         self._deliver = deliver
         self._check_interval = check_interval
+        self._check_timeout = check_timeout
         self._send_probe = send_probe
         self._on_state = on_state
         self._on_reconnect = on_reconnect
@@ -196,7 +198,10 @@ class Listener:
         except TimeoutError:
             pass
         try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), max(1.0, self._check_interval))
+            # A half-open connection (a partition) raises nothing: only an unanswered query
+            # shows it. asyncpg's own timeout, not a task cancellation; the cancel request it
+            # then sends is dropped when _supervise terminates the connection.
+            await conn.fetchval("SELECT 1", timeout=self._check_timeout)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return False
         return True

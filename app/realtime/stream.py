@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 from litestar.types import Receive, Send
 
-from app import metrics
 from app.realtime.hub import Subscription
+from app.realtime.writer import DRAINING, WAITING_ON_SOCKET
 
 
 async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
@@ -22,12 +21,11 @@ async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            sub.disconnected = True
-            sub.close()
+            sub.disconnect()
             return
 
 
-async def pump(
+async def write_stream(
     sub: Subscription,
     send: Send,
     receive: Receive,
@@ -35,36 +33,28 @@ async def pump(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
     """Send `headers` (app.web.security's STREAM kind) and `first`, then whatever the hub
-    buffers, until closed or disconnected."""
+    buffers, until closed or disconnected. The stream's task: it does what the writer's
+    state asks of it (app.realtime.writer)."""
     watcher = asyncio.create_task(_watch_disconnect(receive, sub))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        sub.attach(send)
+        sub.attached(send)
         while True:
             await sub.wait()
-            if sub.closed:
+            state = sub.state
+            if state is WAITING_ON_SOCKET:
+                await sub.finish_waiting_send()
+            elif state is DRAINING:
+                await sub.drain()
+            else:  # CLOSING
                 break
-            await sub.finish_inflight()
-            chunk, oldest = sub.take()
-            if not chunk:
-                continue
-            sub.send_started = time.monotonic()
-            sub.writing = True
-            try:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finally:
-                sub.writing = False
-                sub.send_started = 0.0
-            if sub.sampled and oldest:
-                metrics.NOTIFY_TO_SEND.observe(time.monotonic() - oldest)
-        sub.abandon_inflight()  # closed while a direct write waited: that frame is moot
         if not sub.disconnected:
             # Server shutting down: end cleanly; the client reconnects (to another worker).
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         sub.close()  # before anything awaits: the hub must not write to a finished response
-        sub.abandon_inflight()
+        sub.finished()  # drops a direct send still waiting: that frame is moot
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

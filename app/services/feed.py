@@ -1,4 +1,8 @@
-"""The activity feed: items in commit order, pages, replay cursors, moderation."""
+"""The activity feed: items in commit order, pages, replay cursors, moderation.
+
+The bottom layer of the services: it knows visitors only as rows to read a name from and
+never records one (app.services.visitors does, then calls in here).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
-from app.identity import Identity
 from app.models import Activity, Visitor
 from app.realtime import ACTIVITY, CHANNEL, RESYNC, Event, notify
 
@@ -72,7 +75,7 @@ def _insert_as_visitor() -> Any:
     The lock is a one-row subquery the insert reads from, so it is held before the id is
     drawn and until the statement's transaction commits; the NOTIFY in RETURNING belongs
     to the same transaction. Built once with bind parameters (`visitor_id`, `kind`,
-    `body`): building and cache-keying it per call was a quarter of a post's CPU.
+    `body`): building and cache-keying it per call was a large part of a post's CPU.
     """
     feed_lock = select(func.pg_advisory_xact_lock(FEED_LOCK_KEY).label("locked")).subquery()
     source = (
@@ -97,25 +100,16 @@ def _insert_as_visitor() -> Any:
 INSERT_AS_VISITOR = _insert_as_visitor()
 
 
-async def post(db: Database, identity: Identity, message: str) -> ActivityView:
-    """A visitor's message (already validated): one round trip for a recorded visitor."""
+async def post_if_recorded(db: Database, author_id: uuid.UUID, message: str) -> ActivityView | None:
+    """A recorded visitor's message (already validated) in one round trip; None when the
+    author has no visitor row yet (recording them is the visitors service's job)."""
     async with db.autocommit() as connection:
         row = (
             await connection.execute(
-                INSERT_AS_VISITOR, {"visitor_id": identity.id, "kind": "message", "body": message}
+                INSERT_AS_VISITOR, {"visitor_id": author_id, "kind": "message", "body": message}
             )
         ).first()
-    if row is not None:
-        return ActivityView.of(row)
-    # First write of a new visitor: record them (their "joined" item) in the same transaction.
-    # visitors imports this module (a join is a feed item): import at call time.
-    from app.services.visitors import ensure_recorded
-
-    async with db.transaction() as session:
-        name = await ensure_recorded(session, identity)
-        return await add(
-            session, kind="message", author_id=identity.id, author_name=name, body=message
-        )
+    return None if row is None else ActivityView.of(row)
 
 
 ITEMS = select(*Activity.__table__.c)

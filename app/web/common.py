@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie
+from litestar.response import Redirect
 
 from app import identity
 from app.runtime import Runtime
@@ -20,6 +22,37 @@ def runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 def wants_json(request: Request[Any, Any, Any]) -> bool:
     return "application/json" in request.headers.get("accept", "")
+
+
+AnswerKind = Literal["json", "htmx", "plain"]
+
+
+def answer_kind(request: Request[Any, Any, Any]) -> AnswerKind:
+    """How a write is answered: JSON when asked; a fragment for htmx (and for any other
+    client that does not ask for a page); a redirect to the page for a plain form post,
+    which a browser without JavaScript sends with `Accept: text/html` and no HX-Request."""
+    if wants_json(request):
+        return "json"
+    if request.headers.get("hx-request") == "true":
+        return "htmx"
+    return "plain" if "text/html" in request.headers.get("accept", "") else "htmx"
+
+
+def back_to_page() -> Response[Any]:
+    """303 See Other: the browser then GETs the page, which shows the write's result."""
+    return Redirect("/", status_code=303)
+
+
+Answer = Callable[[], Response[Any] | Awaitable[Response[Any]]]
+
+
+async def respond(
+    request: Request[Any, Any, Any], *, json: Answer, htmx: Answer, plain: Answer = back_to_page
+) -> Response[Any]:
+    """Build only the answer this request asked for (a fragment may need a read)."""
+    build = {"json": json, "htmx": htmx, "plain": plain}[answer_kind(request)]
+    answer = build()
+    return answer if isinstance(answer, Response) else await answer
 
 
 def visitor_of(request: Request[Any, Any, Any]) -> tuple[identity.Identity, bool]:

@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import Send
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import metrics
 from app.web.security import Kind, kind_headers, kind_pairs
 
 log = logging.getLogger("ripple.errors")
@@ -37,7 +38,9 @@ DEFAULT_REASONS = {
     500: "Something went wrong on our side.",
     503: "Temporarily unavailable, try again shortly.",
 }
-DATABASE_UNAVAILABLE = "The database is unavailable; nothing was saved. Try again shortly."
+# Not "nothing was saved": a write whose COMMIT timed out may still commit. A retry with the
+# same Idempotency-Key (the page keeps one per form content) is never saved twice.
+DATABASE_UNAVAILABLE = "The database is unavailable right now; try again shortly."
 
 
 class PublicError(HTTPException):
@@ -151,6 +154,7 @@ def log_database_outage(method: str, path: str, exc: BaseException) -> None:
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if is_database_outage(exc):
+        metrics.DATABASE_UNAVAILABLE.inc()
         log_database_outage(request.method, request.url.path, exc)
         return error_response(request, 503, DATABASE_UNAVAILABLE, {"retry-after": "2"})
     log.exception("unhandled error during %s %s", request.method, request.url.path)

@@ -10,6 +10,7 @@ import hashlib
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 from markupsafe import Markup
 
 from app import metrics
@@ -103,7 +104,7 @@ def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> R
 
 
 @get("/fragments/activity/{raw_id:str}")
-async def activity_item(request: Request[Any, Any, Any], raw_id: str) -> Response[Any]:
+async def activity_item(request: Request[Any, Any, Any], raw_id: FromPath[str]) -> Response[Any]:
     item_id = params.item_id(raw_id)
     if item_id is None:  # only canonical positive bigints; asking is not an outage
         raise NotFound("No such feed item.")
@@ -134,25 +135,39 @@ def _cursor(raw: str | None, name: str) -> int | None:
 
 @get("/fragments/activity")
 async def activity_list(request: Request[Any, Any, Any]) -> Response[Any]:
-    """?after=N: the items right after N; ?before=N: the items right before N (or newest)."""
+    """?after=N: the items right after N; ?before=N: the items right before N; neither: the
+    newest. The HTML answer is the items alone, plus out-of-band controls htmx swaps into the
+    page: the feed cursor (after=N and the newest page: the answers that may move it) and the
+    "Older" button (before=N and the newest page)."""
     metrics.FRAGMENTS_SERVED.labels("activity-list").inc()
     db = runtime(request).db
     generation = runtime(request).hub.resync_generation
     after = _cursor(request.query_params.get("after"), "after")
     before = _cursor(request.query_params.get("before"), "before")
+    cursor: int | None = None
+    complete = True
+    has_older: bool | None = None
     if after is not None:
-        items, has_older = await runtime(request).pages_after.get(after), False
+        items = await runtime(request).pages_after.get(after)
+        # Ids follow commit order: every visible item up to the newest one returned is in
+        # this answer; a short page means nothing else existed after N when it was read.
+        cursor = max([after, *(item.id for item in items)])
+        complete = len(items) < feed.PAGE_SIZE
     else:
         items, has_older = await feed.page_before(db, before)
+        if before is None:
+            cursor = max((item.id for item in items), default=0) or await feed.newest_id(db)
     if wants_json(request):
         return Response(
-            {"items": [item_json(i) for i in items], "has_older": has_older},
+            {"items": [item_json(i) for i in items], "has_older": bool(has_older)},
             headers=_state_headers(),
         )
     body = render(
         request,
         "partials/activity_list.html",
         rendered_items=rendered_items(request, items, generation),
+        cursor=cursor,
+        complete=complete,
         has_older=has_older,
     )
     return html(body, headers=_state_headers())

@@ -5,8 +5,8 @@ In order, for every request:
    PROXY_HOPS places from the right (never one the client wrote);
 2. `HEAD` is answered as `GET` without the body, on every route;
 3. the two requests every event multiplies are answered here, ahead of Litestar's
-   middleware (its send wrappers were a fifth of a stream's CPU per frame, and most of
-   an item answered from memory): `/events`, and feed items already rendered;
+   middleware (its send wrappers would run on every frame of every stream and on every
+   item answered from memory): `/events`, and feed items already rendered;
 4. everything else goes to Litestar (CSRF, routes, the before-send hook).
 
 Both paths take their headers from app.web.security, their inputs from app.web.params
@@ -37,7 +37,7 @@ from app import metrics
 from app.runtime import Runtime
 from app.web import params
 from app.web.errors import DEFAULT_REASONS, send_error, wants_json_header
-from app.web.events import serve_stream
+from app.web.eventstream import serve_stream
 from app.web.security import Kind, kind_pairs
 
 log = logging.getLogger("ripple.frontdoor")

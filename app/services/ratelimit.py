@@ -1,5 +1,6 @@
-"""Per-visitor and per-IP limits on writes, counted in PostgreSQL so every worker and
-instance shares them (Litestar's RateLimitConfig counts in one process's memory store).
+"""Per-visitor and per-IP limits on writes, and per-IP on new identities recorded by
+watching, counted in PostgreSQL so every worker and instance shares them (Litestar's
+RateLimitConfig counts in one process's memory store).
 """
 
 from __future__ import annotations
@@ -65,6 +66,30 @@ async def check(
     if not over:
         return None
     return Limited(retry_after=max(1, math.ceil(float(max(over)))))
+
+
+async def allow_new_identity(db: Database, ip: str, per_minute: int) -> bool:
+    """Count one new visitor identity recorded from this client address; False past
+    `per_minute` in this window (0: no limit, nothing counted).
+
+    Watching must not let one address grow the visitor and presence tables without bound;
+    one row per address per minute counts it, shared by every worker like `check`.
+    """
+    if per_minute <= 0:
+        return True
+    window = func.date_trunc("minute", func.now())
+    statement = (
+        insert(RateBucket)
+        .values(key=f"ip:{ip}:new"[:120], window_start=window, hits=1)
+        .on_conflict_do_update(
+            index_elements=[RateBucket.key, RateBucket.window_start],
+            set_={"hits": RateBucket.hits + literal(1)},
+        )
+        .returning(RateBucket.hits)
+    )
+    async with db.transaction() as session:
+        hits = await session.scalar(statement)
+    return int(hits or 0) <= per_minute
 
 
 async def forget_old_windows(db: Database) -> None:

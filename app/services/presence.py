@@ -3,6 +3,12 @@
 Each worker records (worker, visitor) rows while it holds streams for that visitor.
 A leave is written only after a grace period without any stream, so a reload is not
 a leave and a join for everyone. Rows of a worker that died expire with its heartbeat.
+
+Watching is nearly free of writes: a stream of a visitor not yet recorded records them (a
+visitor row and a presence row, no feed item) only within their client address's allowance
+of new identities per minute (`ratelimit.allow_new_identity`). Past it the stream works as
+usual but its visitor stays unlisted until they write something: the heartbeat's `repair()`
+then finds their visitor row and lists them.
 """
 
 from __future__ import annotations
@@ -15,15 +21,26 @@ from datetime import timedelta
 
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
 from app.identity import Identity
 from app.models import PresenceEntry, Visitor, Worker
 from app.realtime import PRESENCE, Event, notify
-from app.services.visitors import ensure_recorded
+from app.services import ratelimit
+from app.services.visitors import ensure_recorded, recorded
 from app.workers import NOTIFY_AT_MOST, notify_presence
 
 SHOWN_NAMES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    """A stream's visitor and where they came from (for the new-identity allowance)."""
+
+    identity: Identity
+    address: str
+    new_per_minute: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +94,11 @@ class PresenceTracker:
         self._streams: dict[uuid.UUID, int] = {}
         self._leaving: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        self._unrecorded: dict[uuid.UUID, Identity] = {}  # joins not yet written
+        self._unrecorded: dict[uuid.UUID, _Arrival] = {}  # joins not yet written
+        self._unlisted: set[uuid.UUID] = set()  # past their address's allowance, not recorded
         self._unremoved: set[uuid.UUID] = set()  # leaves not yet written
-        self._reassert = False  # our rows were lost with our worker row
+        self._reassert = False  # our rows may be gone: our worker row expired, or a failover
+        self._arrivals: dict[uuid.UUID, _Arrival] = {}  # streaming visitors, to record again
 
     def _lock(self, visitor_id: uuid.UUID) -> asyncio.Lock:
         lock = self._locks.get(visitor_id)
@@ -91,8 +110,12 @@ class PresenceTracker:
         """Everyone this worker shows as online (streaming, or within the leave grace)."""
         return list(self._streams.keys() | self._leaving.keys())
 
-    async def opened(self, identity: Identity) -> None:
-        """A stream opened: record the visitor and announce a join if they were away."""
+    async def opened(self, identity: Identity, address: str, new_per_minute: int) -> None:
+        """A stream opened: list the visitor and announce a join if they were away.
+
+        `address` is the client's; it may record at most `new_per_minute` new visitors a
+        minute (0: no limit). A visitor past that stays unlisted until they write.
+        """
         vid = identity.id
         self._streams[vid] = self._streams.get(vid, 0) + 1
         self._unremoved.discard(vid)
@@ -102,24 +125,48 @@ class PresenceTracker:
             return
         if self._streams[vid] > 1:
             return
+        arrival = self._arrivals[vid] = _Arrival(identity, address, new_per_minute)
         try:
-            await self._join(identity)
+            await self._join(arrival)
         except BaseException:
-            self._unrecorded[vid] = identity
+            self._unrecorded[vid] = arrival
             raise
 
-    async def _join(self, identity: Identity) -> None:
-        vid = identity.id
-        async with self._lock(vid), self._db.transaction() as session:
-            await ensure_recorded(session, identity)
-            added = await session.scalar(
-                insert(PresenceEntry)
-                .values(worker_id=self._worker_id, visitor_id=vid)
-                .on_conflict_do_nothing()
-                .returning(PresenceEntry.visitor_id)
-            )
-            if added is not None:
-                await notify(session, Event(PRESENCE, vid.hex))
+    async def _join(self, arrival: _Arrival) -> None:
+        vid = arrival.identity.id
+        async with self._lock(vid):
+            known = bool(await recorded(self._db, [vid]))
+            if not known and not await ratelimit.allow_new_identity(
+                self._db, arrival.address, arrival.new_per_minute
+            ):
+                self._unlisted.add(vid)
+                return
+            async with self._db.transaction() as session:
+                if not known:
+                    await ensure_recorded(session, arrival.identity)
+                await self._insert_row(session, vid)
+
+    async def _insert_row(self, session: AsyncSession, vid: uuid.UUID) -> None:
+        added = await session.scalar(
+            insert(PresenceEntry)
+            .values(worker_id=self._worker_id, visitor_id=vid)
+            .on_conflict_do_nothing()
+            .returning(PresenceEntry.visitor_id)
+        )
+        if added is not None:
+            await notify(session, Event(PRESENCE, vid.hex))
+
+    async def _list_recorded(self) -> None:
+        """Unlisted visitors who have written since (their visitor row exists) go online."""
+        for vid in await recorded(self._db, list(self._unlisted)):
+            async with self._lock(vid):
+                if vid not in self._unlisted:
+                    continue  # their stream closed meanwhile
+                async with self._db.transaction() as session:
+                    await self._insert_row(session, vid)
+                self._unlisted.discard(vid)
+                if vid not in self._streams:
+                    self._unremoved.add(vid)  # closed while being listed: the next repair
 
     def closed(self, identity: Identity) -> None:
         """A stream closed: if it was the visitor's last here, leave after the grace."""
@@ -129,7 +176,12 @@ class PresenceTracker:
             self._streams[vid] = left
             return
         self._streams.pop(vid, None)
-        if self._unrecorded.pop(vid, None) is not None:
+        self._arrivals.pop(vid, None)
+        if self._unrecorded.pop(vid, None) is not None or vid in self._unlisted:
+            self._unlisted.discard(vid)
+            lock = self._locks.get(vid)
+            if lock is not None and not lock.locked():
+                del self._locks[vid]  # one per watcher would otherwise stay for good
             return  # never written, nothing to take back
         self._leaving[vid] = asyncio.create_task(self._leave_later(vid))
 
@@ -161,7 +213,8 @@ class PresenceTracker:
             self._locks.pop(vid, None)
 
     def rows_lost(self) -> None:
-        """Our worker row was expired (and our rows with it) while we could not beat."""
+        """Our rows may be gone: our worker row was expired while we could not beat, or the
+        listener reconnected (after a failover the new primary may lack recent writes)."""
         self._reassert = True
 
     async def repair(self) -> None:
@@ -169,15 +222,26 @@ class PresenceTracker:
         if self._reassert:
             await self._reassert_rows()
             self._reassert = False
-        for identity in list(self._unrecorded.values()):
-            await self._join(identity)
-            self._unrecorded.pop(identity.id, None)
+        for arrival in list(self._unrecorded.values()):
+            await self._join(arrival)
+            self._unrecorded.pop(arrival.identity.id, None)
+        if self._unlisted:
+            await self._list_recorded()
         for vid in list(self._unremoved):
             await self._leave(vid)
             self._unremoved.discard(vid)
 
     async def _reassert_rows(self) -> None:
-        ids = [v for v in self.visitors() if v not in self._unrecorded]
+        ids = [v for v in self.visitors() if v not in self._unrecorded and v not in self._unlisted]
+        if not ids:
+            return
+        known = set(await recorded(self._db, ids))
+        for vid in ids:
+            if vid not in known and vid in self._arrivals:
+                # Their visitor row was lost (a failover to a standby that had not replayed
+                # it): record them again, as at their first stream (repair's next step).
+                self._unrecorded[vid] = self._arrivals[vid]
+        ids = [v for v in ids if v in known]
         if not ids:
             return
         async with self._db.transaction() as session:

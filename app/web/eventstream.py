@@ -15,7 +15,7 @@ from litestar.types import Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import identity, metrics
-from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, pump
+from app.realtime import ACTIVITY, PING, RESYNC, encode_frame, write_stream
 from app.runtime import Runtime
 from app.services import feed
 from app.web import params
@@ -107,8 +107,8 @@ async def serve_stream(
             return
         if who is not None:
             joined = True
-            await _join(rt, who)
-        await pump(sub, send, receive, first, headers)
+            await _join(rt, who, ip)
+        await write_stream(sub, send, receive, first, headers)
     except asyncio.CancelledError:
         if not sub.timed_out:
             raise
@@ -127,9 +127,9 @@ async def serve_stream(
             rt.presence.closed(who)
 
 
-async def _join(rt: Runtime, who: identity.Identity) -> None:
+async def _join(rt: Runtime, who: identity.Identity, ip: str) -> None:
     """Record presence; a database hiccup must not cost the visitor their stream."""
     try:
-        await asyncio.wait_for(rt.presence.opened(who), 5)
+        await asyncio.wait_for(rt.presence.opened(who, ip, rt.settings.rate_limit_per_minute), 5)
     except Exception as exc:
         log.warning("presence join failed: %s", type(exc).__name__)

@@ -1,0 +1,234 @@
+"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol with edge limits.
+
+uvicorn 0.54 over httptools bounds neither the size of a request's head (request line plus
+headers) nor the time it may take to arrive: its keep-alive timer is armed only after a response
+and cancelled by the next byte, and a new connection has no timer at all. A client could hold a
+connection, and memory, for ever by sending a header a byte at a time (slowloris), or send
+megabytes of headers. This subclass adds:
+
+- a cap on a request's head (``RIPPLE_MAX_HEADER_BYTES``): over it, ``431`` and the connection
+  is closed;
+- a deadline for a head to arrive (``RIPPLE_HEADER_TIMEOUT_SECONDS``), counted from the
+  connection's opening for its first request and from the first byte of each later one (the
+  idle time between requests stays uvicorn's keep-alive timeout): past it, the connection is
+  closed without an answer;
+- the security headers every Ripple response carries on the answers it writes itself (``400``
+  for a malformed request, ``431``).
+
+The deadline runs only while a head is arriving and no earlier response on the connection is
+still being sent: once the headers are in, the request is the app's (an event stream lasting
+hours included). The normal path costs a few attribute writes per request and one timer per
+connection; a request's own timer is armed only when its head spans more than one read.
+
+uvicorn's own options do not fit: ``timeout_keep_alive`` covers only the idle time after a
+response; ``limit_concurrency`` answers 503 to everyone once slow connections fill it (and would
+cap event streams); ``h11_max_incomplete_event_size`` applies only to the h11 protocol, which
+the launcher never selects (it always runs this class).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.config import Settings
+from app.web.security import Kind, kind_pairs
+
+TOO_LARGE_MESSAGE = "Request header fields too large."
+INVALID_MESSAGE = "Invalid HTTP request received."
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    max_header_bytes: int
+    header_timeout_seconds: float
+    error_headers: tuple[tuple[bytes, bytes], ...]  # an error's, security headers included
+
+
+@functools.cache
+def edge_limits() -> EdgeLimits:
+    """Read once per worker process from the environment it inherited from the launcher."""
+    settings = Settings.from_env()
+    return EdgeLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_seconds=settings.header_timeout_seconds,
+        error_headers=kind_pairs(Kind.ERROR, settings.production),
+    )
+
+
+class HeadTooLarge(Exception):
+    """Raised inside the parser's callback to stop parsing a head over the cap."""
+
+
+class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on request heads and a deadline for them."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = edge_limits()
+        self._max_head = limits.max_header_bytes
+        self._head_timeout = limits.header_timeout_seconds
+        self._error_headers = limits.error_headers
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_open = False  # a request head is awaited or arriving
+        self._head_begun_here = False  # ... and it began in the read being parsed
+        self._head_first = 0  # length of the read in which the head began
+        self._head_more = 0  # length of later reads, all of them head bytes
+        self._read_length = 0  # length of the read being parsed
+        self._too_large = False
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_open = True  # a connection that sends nothing has the same deadline
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """As uvicorn's, plus the head's size and deadline once the read is parsed."""
+        self._unset_keepalive_if_required()
+        self._read_length = len(data)
+        self._head_begun_here = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._too_large:  # raised from on_headers_complete below
+                self._refuse_too_large()
+            else:
+                self.logger.warning(INVALID_MESSAGE)
+                self.send_400_response(INVALID_MESSAGE)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._head_open:
+            self._head_still_arriving()
+        elif self._head_timer is None and not self._answering():
+            # Bytes that began no request: blank lines between requests (the parser skips
+            # them) or the rest of a body already answered. They cancelled the keep-alive
+            # timer above, so the wait for the next head starts now.
+            self._arm_head_timer()
+
+    def _head_still_arriving(self) -> None:
+        if not self._head_begun_here:
+            # Every byte of this read belongs to the head. The read the head began in is not
+            # counted here (it may hold an earlier request's body): the parser holds at most
+            # the cap plus two reads before this refuses.
+            self._head_more += self._read_length
+            if self._head_more > self._max_head:
+                self._refuse_too_large()
+                return
+        if self._head_timer is None and not self._answering():
+            self._arm_head_timer()
+
+    def _answering(self) -> bool:
+        """An earlier request on this connection is still being answered (a pipelined head
+        waits for it, and reading may be paused: its deadline starts when it is done)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_begun_here = True
+        self._head_first = self._read_length
+        self._head_more = 0
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._cancel_head_timer()
+        # An upper bound of the head's size from the reads it spans; the exact count is
+        # needed only when that bound is over the cap.
+        bound = self._head_first + self._head_more
+        if not self._head_begun_here:
+            bound += self._read_length
+        if bound > self._max_head and self._head_size() > self._max_head:
+            self._too_large = True
+            raise HeadTooLarge
+        super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The head's bytes as sent in canonical form: "METHOD URL HTTP/1.1", then
+        "name: value" lines, each ending in CRLF, then an empty line."""
+        request_line = len(self.parser.get_method()) + len(self.url) + len("  HTTP/1.1\r\n")
+        size = request_line + len("\r\n")
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        return size
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A head that arrived (in part) while this response was sent gets its deadline now.
+        if (
+            self._head_open
+            and self._head_timer is None
+            and not self._answering()
+            and not self.transport.is_closing()
+        ):
+            self._arm_head_timer()
+
+    # -- the deadline --------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.logger.debug("request head not complete in %s s: closed", self._head_timeout)
+            self.transport.close()
+
+    # -- answers written by the protocol itself ------------------------------------------------
+
+    def _refuse_too_large(self) -> None:
+        self.logger.warning("request head over %d bytes: answered 431", self._max_head)
+        self._answer_and_close(431, TOO_LARGE_MESSAGE)
+
+    def send_400_response(self, msg: str) -> None:
+        self._answer_and_close(400, msg)
+
+    def _answer_and_close(self, status: int, message: str) -> None:
+        """A short plain-text answer with the security headers, then close. If an earlier
+        response on this connection is still being sent, an answer would land inside it: the
+        connection is only closed."""
+        if self.transport.is_closing():
+            return
+        if not self._answering():
+            body = (message + "\n").encode("ascii")
+            head = [STATUS_LINE[status]]
+            pairs = [
+                *self.server_state.default_headers,
+                *self._error_headers,
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"connection", b"close"),
+            ]
+            head += [name + b": " + value + b"\r\n" for name, value in pairs]
+            self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.close()
