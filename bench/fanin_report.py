@@ -327,14 +327,17 @@ def section(results: dict[str, Any], name: str) -> list[str]:
 
 
 def merge(runs: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], str]:
-    """Several peer runs as one (e.g. the page sizes in one run, 10,000 and 20,000 in the
-    next): the first run's options and machine, every run's sizes, each size's run named."""
+    """Several peer runs as one (e.g. more turns at 10,000 streams from a second run): the
+    first run's options and machine, and every run's turns at every size."""
     name, base = runs[0]
-    base = {**base, "peer": {**base["peer"], "sizes": dict(base["peer"]["sizes"])}}
+    sizes = {n: {k: list(v) for k, v in d.items()} for n, d in base["peer"]["sizes"].items()}
+    base = {**base, "peer": {**base["peer"], "sizes": sizes}}
     names = [name]
     for other_name, other in runs[1:]:
         names.append(other_name)
-        base["peer"]["sizes"].update(other["peer"]["sizes"])
+        for n, servers in other["peer"]["sizes"].items():  # a size's turns add up
+            for key, turns in servers.items():
+                sizes.setdefault(n, {}).setdefault(key, []).extend(turns)
         base["peer"].setdefault("send_cost", [])
         base["peer"]["send_cost"] = base["peer"]["send_cost"] + other["peer"].get("send_cost", [])
         base["machine"]["load_at_end"] = other["machine"].get("load_at_end")
