@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rate", type=float, help="activity posts/s in the event phase (20)")
     r.add_argument("--page-rate", type=float, help="activity posts/s in the page phases (2)")
     r.add_argument(
-        "--page-modes", type=_words, help="fragment fetch models: item,after (none: empty)"
+        "--page-modes", type=_words, help="fragment fetch models: item,page,after (none: empty)"
     )
     r.add_argument("--hammer-rate", type=float, help="counter increments/s (1000)")
     r.add_argument("--hammer-seconds", type=float)
@@ -54,8 +54,24 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="nginx proxy_cache_lock_timeout in ms: what a cache-lock waiter waits (100)",
     )
-    r.add_argument("--fetch-group", type=int, help="clients sharing one fetch pool (25)")
-    r.add_argument("--fetch-conns", type=int, help="keep-alive connections per pool (2)")
+    r.add_argument(
+        "--peer",
+        choices=["none", "node"],
+        default="none",
+        help="node: instead of the usual blocks, Ripple and the Node.js peer in turns "
+        "(sizes 1000,10000,20000, page mode up to 1000, 5 posts/s)",
+    )
+    r.add_argument("--peer-rounds", type=int, help="turns per server at each N (2)")
+    r.add_argument(
+        "--peer-servers",
+        type=_words,
+        help="servers taking turns (ripple,node; ripple-gc-default: Ripple with CPython's GC)",
+    )
+    r.add_argument(
+        "--profile", action="store_true", help="with --peer: profile each server's last turn"
+    )
+    r.add_argument("--fetch-group", type=int, help="clients sharing one fetch pool (1)")
+    r.add_argument("--fetch-conns", type=int, help="keep-alive connections per pool (1)")
     r.add_argument(
         "--quiet-below",
         type=float,
@@ -71,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite docs/benchmarks.md's table and chart (auto: not with --quick)",
     )
     rep = sub.add_parser("report", help="rewrite docs from a results file")
-    rep.add_argument("file", type=Path)
+    rep.add_argument("file", type=Path, nargs="+", help="peer runs (--peer) may be several")
     soak = sub.add_parser("soak", help="chaos soak with a checker (see docs/reliability.md)")
     soak.add_argument("--minutes", type=float, default=2.0, help="minutes of load and faults")
     soak.add_argument("--streams", type=int, default=500)
@@ -87,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
 
     if args.command == "report":
-        results = json.loads(args.file.read_text())
-        report.write_docs(results, args.file.name)
+        runs = [(f.name, json.loads(f.read_text())) for f in args.file]
+        if "peer" in runs[0][1]:
+            from bench import fanin_report
+
+            fanin_report.write_docs(*fanin_report.merge(runs))
+        else:
+            report.write_docs(runs[0][1], runs[0][0])
         return 0
 
     import os
@@ -103,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         options.use_proxy(args.proxy)
+    if args.peer != "none":
+        options.use_peer(args.peer)
+        options.profile = args.profile
     options.admin_url = (
         args.admin_url or os.environ.get("RIPPLE_BENCH_ADMIN_URL") or options.admin_url
     )
     for name in (
         "sizes", "duration", "rate", "page_rate", "page_modes", "hammer_rate",
         "hammer_seconds", "server", "fetch_group", "fetch_conns", "quiet_below",
-        "quiet_wait", "page_max", "proxy_lock_timeout_ms",
+        "quiet_wait", "page_max", "proxy_lock_timeout_ms", "peer_rounds", "peer_servers",
     ):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
@@ -127,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     path = write_results(results)
     print(f"results: {path.relative_to(Path.cwd())}")
+    if options.peer:
+        from bench import fanin_report
+
+        print(fanin_report.summary(results))
+        if args.docs == "yes" or (args.docs == "auto" and not options.quick):
+            fanin_report.write_docs(results, path.name)
+            print("docs/benchmarks.md updated (Against a Node.js peer)")
+        return 0
     print(report.summary(results))
     if args.docs == "yes" or (args.docs == "auto" and not options.quick):
         report.write_docs(results, path.name)

@@ -1,17 +1,20 @@
 """The load: visitors, steady-rate and closed-loop writers, and clients that record events.
 
 Clients are modelled as a page would behave, without a browser: each stream is one tab;
-on an `activity` event the tab fetches the item (or, in `after` mode, what the shipped
-page script does: one debounced `?after=cursor` fetch, one in flight per tab); after the
-counter hammer it re-reads the counter once (see `Recorder.read_counters`).
-Fetches go through a small keep-alive pool per group of clients instead of a connection
-per tab; the docs explain what that changes.
+on an `activity` event the tab fetches the item (`item` mode), or does what the page does
+(`page` mode: a live event fetches its item, `?after=` only catches up a burst, a replay
+or a resync), or, in `after` mode, what the older page script did: one debounced
+`?after=cursor` fetch, one in flight per tab. After the counter hammer it re-reads the
+counter once (see `Recorder.read_counters`). Each tab fetches over one keep-alive
+connection of its own, as a browser's page does; clients can share pools instead
+(`--fetch-group`, `--fetch-conns`), and the docs explain what that changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from array import array
 from collections.abc import Callable
@@ -169,7 +172,9 @@ class Recorder(StreamSink):
     """Per-client arrays of what arrived when, and the page-like fetches it triggers.
 
     A phase sets `start_id` (feed ids above it are this phase's), the fetch `mode`
-    (None, "item" or "after") and whether counter events are being recorded.
+    (None, "item", "page" or "after") and whether counter events are being recorded.
+    With `catchup_window` set, `begin` also schedules one catch-up fetch per client in
+    `catchup_clients` at a random moment within that many seconds (see `_catch_up`).
     """
 
     def __init__(self, count: int, port: int, cookies: list[str], pools: list[Pool], group: int):
@@ -182,6 +187,10 @@ class Recorder(StreamSink):
         self.start_id = 1 << 62
         self.mode: str | None = None
         self.counting = False
+        self.catchup_clients: list[int] = []
+        self.catchup_window = 0.0
+        self.catchup_back = 5  # a catch-up asks for the items after (newest seen - this)
+        self.timers_catchup: list[asyncio.TimerHandle] = []
         self.reset()
 
     def reset(self) -> None:
@@ -199,6 +208,11 @@ class Recorder(StreamSink):
         self.counter_last = 0.0
         self.counter_reads_done = 0
         self.received = 0  # this phase's activity events, all clients
+        # Answer times (request written -> answer parsed) of the page's own fetches, by kind:
+        # `item` a live event's fetch, `catchup` a ?after= (burst, replay or resync).
+        self.served: dict[str, array[float]] = {"item": array("d"), "catchup": array("d")}
+        self.via_catchup = 0  # ids first shown by a ?after= fetch (page mode)
+        self.newest_seen = [0] * n
         # `after` mode, per client: cursor, highest announced id, ids waiting, busy flag
         self.cursor = [self.start_id] * n
         self.waiting: list[list[int]] = [[] for _ in range(n)]
@@ -210,6 +224,14 @@ class Recorder(StreamSink):
         self.mode = mode
         self.counting = counting
         self.reset()
+        if mode is not None and self.catchup_window > 0:
+            rng = random.Random(start_id)  # the same moments for every server in a run
+            for index in self.catchup_clients:
+                self.timers_catchup.append(
+                    self.loop.call_later(
+                        0.5 + rng.random() * self.catchup_window, self._catch_up, index
+                    )
+                )
 
     def _pool(self, index: int) -> Pool:
         return self.pools[(index // self.group) % len(self.pools)]
@@ -229,14 +251,45 @@ class Recorder(StreamSink):
         self.ids[index].append(item_id)
         self.times[index].append(at)
         self.received += 1
+        self.newest_seen[index] = max(self.newest_seen[index], item_id)
         if self.mode == "item":
-            self._fetch(index, f"/fragments/activity/{item_id}", [item_id])
+            self._fetch(index, f"/fragments/activity/{item_id}", [item_id], "item")
+        elif self.mode == "page":
+            self.waiting[index].append(item_id)
+            if not self.busy[index]:
+                self._page_next(index)
         elif self.mode == "after":
             self.waiting[index].append(item_id)
             if not self.busy[index] and self.timers[index] is None:
                 self.timers[index] = self.loop.call_later(0.04, self._pump, index)
 
-    def _fetch(self, index: int, path: str, covers: list[int]) -> None:
+    def _page_next(self, index: int) -> None:
+        """The page: one waiting id is a live event, fetched by its (cacheable) item URL;
+        several (they arrived while a fetch was in flight: a burst) are one ?after=."""
+        waiting = self.waiting[index]
+        if not waiting:
+            return
+        self.busy[index] = True
+        if len(waiting) == 1:
+            item_id = waiting.pop()
+            self._fetch(index, f"/fragments/activity/{item_id}", [item_id], "item")
+            return
+        covers, self.waiting[index] = waiting, []
+        cursor = max(self.cursor[index], self.start_id, min(covers) - 1)
+        self.via_catchup += len(covers)
+        self._fetch(index, f"/fragments/activity?after={cursor}", covers, "catchup")
+
+    def _catch_up(self, index: int) -> None:
+        """A page catching up as after a reconnect or a `resync`: the items after the newest
+        it had a few items ago. It covers no new id, so it is timed on its own."""
+        if self.mode is None:
+            return
+        cursor = max(0, max(self.newest_seen[index], self.start_id) - self.catchup_back)
+        self._fetch(index, f"/fragments/activity?after={cursor}", [], "catchup", gate=False)
+
+    def _fetch(
+        self, index: int, path: str, covers: list[int], kind: str = "", gate: bool = True
+    ) -> None:
         self.frag_sent += 1
         if not self.frag_first:
             self.frag_first = now()
@@ -246,9 +299,16 @@ class Recorder(StreamSink):
             if status != 200:
                 self.frag_failed += 1
             else:
+                if kind:
+                    self.served[kind].append(at - sent)
                 for item_id in covers:
                     self.frag_ids[index].append(item_id)
                     self.frag_times[index].append(at)
+            if self.mode == "page" and gate:
+                self.busy[index] = False
+                if status == 200 and covers:
+                    self.cursor[index] = max(self.cursor[index], max(covers))
+                self._page_next(index)  # a failed fetch is not retried: its ids count missing
             if self.mode == "after":
                 self.busy[index] = False
                 if status == 200 and covers:
@@ -299,10 +359,11 @@ class Recorder(StreamSink):
             self._pool(index).submit(self._get(index, "/fragments/counter"), done)
 
     def cancel_timers(self) -> None:
-        for timer in self.timers:
+        for timer in [*self.timers, *self.timers_catchup]:
             if timer is not None:
                 timer.cancel()
         self.timers = [None] * self.count
+        self.timers_catchup = []
 
 
 async def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

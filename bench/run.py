@@ -48,7 +48,7 @@ class Options:
     duration: float = 20.0  # seconds of writes per latency phase
     rate: float = 20.0  # activity posts per second in the event phase
     page_rate: float = 2.0  # activity posts per second in the page phases
-    page_modes: list[str] = field(default_factory=lambda: ["item", "after"])
+    page_modes: list[str] = field(default_factory=lambda: ["item", "page"])
     page_max: int = 1000  # page phases only up to this many streams (fan-in saturates above)
     hammer_rate: float = 1000.0
     hammer_seconds: float = 5.0
@@ -56,8 +56,8 @@ class Options:
     server: str = "uvicorn"  # ripple's stream instance: uvicorn, granian or both
     baseline: bool = True
     visitors: int = 20  # visitors shared by the streams
-    fetch_group: int = 25  # clients sharing one fetch pool
-    fetch_conns: int = 2  # keep-alive connections per fetch pool
+    fetch_group: int = 1  # clients sharing one fetch pool (1: a connection per page)
+    fetch_conns: int = 1  # keep-alive connections per fetch pool
     writer_conns: int = 16
     hammer_conns: int = 32
     throughput_seconds: float = 5.0
@@ -68,6 +68,10 @@ class Options:
     quick: bool = False
     proxy: str | None = None  # "nginx": the proxy blocks instead of the usual ones
     proxy_lock_timeout_ms: int = 100  # nginx proxy_cache_lock_timeout: what a waiter waits
+    peer: str | None = None  # "node": Ripple against the Node.js peer (bench/fanin.py)
+    peer_rounds: int = 2  # turns each server gets at each N in that mode
+    peer_servers: list[str] = field(default_factory=lambda: ["ripple", "node"])  # in turn
+    profile: bool = False  # one more profiled turn each (py-spy, V8) in that mode
 
     def use_proxy(self, proxy: str) -> None:
         """The proxy mode's defaults (command-line options still override them)."""
@@ -75,6 +79,14 @@ class Options:
         if not self.quick:
             self.sizes = [100, 1000, 3000]
             self.page_max = 3000  # the fan-in the proxy absorbs is the point of the mode
+
+    def use_peer(self, peer: str) -> None:
+        """The peer mode's defaults (command-line options still override them)."""
+        self.peer = peer
+        self.page_modes = ["page"]
+        self.rate = 5.0
+        if not self.quick:
+            self.sizes = [1000, 10000, 20000]
 
     @classmethod
     def quick_defaults(cls) -> Options:
@@ -129,7 +141,17 @@ class Notices:
         self.conn: asyncpg.Connection | None = None
 
     async def start(self, url: str, channel: str) -> Notices:
-        self.conn = await asyncpg.connect(url)
+        # On a shared PostgreSQL the connection slots can be all taken for a moment: retry
+        # (bounded) rather than lose the run.
+        for attempt in range(30):
+            try:
+                self.conn = await asyncpg.connect(url)
+                break
+            except asyncpg.TooManyConnectionsError:
+                if attempt == 29:
+                    raise
+                await asyncio.sleep(1.0)
+        assert self.conn is not None
         await self.conn.add_listener(channel, self._heard)
         return self
 
@@ -205,6 +227,7 @@ class Bench:
         }
         self.me = psutil.Process()
         self.idle_cpu_rate = 0.0
+        self.last_sent_at: dict[int, float] = {}  # the last phase's writes: id -> sent at
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -589,7 +612,9 @@ class Bench:
             groups = math.ceil(n / o.fetch_group)
             recorder = Recorder(n, server.port, cookies, [], o.fetch_group)
             t0 = now()
-            streams, failed = await net.open_streams(server.port, requests, recorder)
+            streams, failed = await net.open_streams(
+                server.port, requests, recorder, timeout=max(120.0, n / 40)
+            )
             ramp = now() - t0
             await asyncio.sleep(3.0)  # presence joins and their events settle
             cpu1, rss1 = server.sample()
@@ -748,7 +773,7 @@ class Bench:
             writes = await load.steady(pool, requests, rate, o.duration)
         finally:
             pool.close()
-        sent_at = writes.sent_at()
+        sent_at = self.last_sent_at = writes.sent_at()
         want = len(sent_at) * clients
 
         def complete() -> bool:
@@ -902,7 +927,9 @@ def write_results(results: dict[str, Any], prefix: str = "") -> Path:
 def run(options: Options) -> dict[str, Any]:
     import uvloop
 
-    bench = Bench(options)
+    from bench.fanin import FanIn  # it subclasses Bench
+
+    bench = FanIn(options) if options.peer else Bench(options)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             return runner.run(bench.main())
