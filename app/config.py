@@ -160,7 +160,7 @@ def _derive(secret: str) -> bytes:
 def _check_production_secret(secret: str, name: str) -> None:
     """Production refuses the development key and short keys, and says how to make one."""
     if secret == DEV_SECRET:
-        problem = "is not set (or is the development key)"
+        problem = "is not set, or is the development key,"
     elif len(secret) < MIN_SECRET_LENGTH:
         problem = f"is {len(secret)} characters long; at least {MIN_SECRET_LENGTH} are needed"
     else:
@@ -259,6 +259,9 @@ class Settings:
         fallbacks = tuple(
             key.strip() for key in env.get("SECRET_KEY_FALLBACKS", "").split(",") if key.strip()
         )
+        if production:  # a weak old key still verifies: it would let anyone sign cookies
+            for old in fallbacks:
+                _check_production_secret(old, "each of SECRET_KEY_FALLBACKS")
         raw_url = env.get("DATABASE_URL", "").strip()
         if not raw_url:
             raise ConfigError(

@@ -5,10 +5,12 @@ test_edge_limits.py."""
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from litestar.testing import AsyncTestClient
+from support import database
 from support.inprocess import csrf_headers, in_process
 from support.paths import REPO_ROOT
 
@@ -170,3 +172,26 @@ async def test_concurrent_renames_to_one_name_have_one_winner(database_url: str)
             )
             statuses = sorted(answer.status_code for answer in answers)
             assert statuses == [200, 422, 422], [answer.text for answer in answers]
+
+
+async def test_a_repeated_plain_form_post_with_a_key_redirects_again_and_writes_once(
+    client: Client, database_url: str
+) -> None:
+    token = client.cookies["csrftoken"]
+    message = f"keyed plain post {uuid.uuid4().hex[:8]}"
+    answers = [
+        await client.post(
+            "/activity",
+            data={"message": message, "csrf_token": token},
+            headers={"accept": "text/html", "idempotency-key": "plain-form-key-1"},
+            follow_redirects=False,
+        )
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in answers] == [303, 303]
+    assert [a.headers["location"] for a in answers] == ["/", "/"]
+    assert answers[1].headers["idempotent-replayed"] == "true"
+    rows = await database.fetchval(
+        database_url, "SELECT count(*) FROM activity WHERE body = $1", message
+    )
+    assert rows == 1

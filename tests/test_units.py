@@ -304,6 +304,12 @@ def test_production_refuses_a_missing_short_or_development_secret_and_says_how()
         with pytest.raises(ConfigError, match=r"SECRET_KEY.*secrets\.token_urlsafe"):
             Settings.from_env({**env, "SECRET_KEY": secret})
     assert Settings.from_env({**env, "SECRET_KEY": "k" * 32}).production
+    # A weak fallback would let anyone sign cookies the app accepts.
+    for old in [DEV_SECRET, "short"]:
+        with pytest.raises(ConfigError, match="SECRET_KEY_FALLBACKS"):
+            Settings.from_env({**env, "SECRET_KEY": "k" * 32, "SECRET_KEY_FALLBACKS": old})
+    rotated = {**env, "SECRET_KEY": "k" * 32, "SECRET_KEY_FALLBACKS": "o" * 32}
+    assert Settings.from_env(rotated).secret_key_fallbacks == ("o" * 32,)
     # Development accepts anything, the development key included.
     assert not Settings.from_env({**env, "APP_ENV": "development", "SECRET_KEY": "k"}).production
 

@@ -52,11 +52,15 @@ def _answer(request: Request[Any, Any, Any], response: Response[Any]) -> tuple[i
 
 
 def _replay(stored: idempotency.StoredAnswer) -> Response[Any]:
+    headers = {REPLAYED_HEADER: "true"}
+    if 300 <= stored.status < 400:
+        # The only redirect a write answers: a plain form post goes back to the page.
+        headers["location"] = "/"
     return Response(
         content=stored.body,
         status_code=stored.status,
         media_type=stored.content_type,
-        headers={REPLAYED_HEADER: "true"},
+        headers=headers,
     )
 
 
