@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -153,6 +154,7 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+@functools.cache  # asked on every request that reads a cookie: derive each key once
 def _derive(secret: str) -> bytes:
     return hashlib.sha256(b"ripple-signing:" + secret.encode()).digest()
 

@@ -279,19 +279,7 @@ class FanIn(Bench):
             cpu0, rss0 = server.sample()
             cursor = await self.newest_id()
             cookies = [visitors[i % len(visitors)].cookie for i in range(n)]
-            requests = [
-                net.request_bytes(
-                    "GET",
-                    f"/events?last_event_id={cursor}",
-                    server.port,
-                    {
-                        "Cookie": cookies[i],
-                        "Accept": "text/event-stream",
-                        "Cache-Control": "no-cache",
-                    },
-                )
-                for i in range(n)
-            ]
+            requests = net.stream_requests(server.port, cookies, cursor)
             mine = n // 2
             shard = Shard.start(
                 server.port, requests[mine:], self.log_dir / f"shard-{server.port}.log"

@@ -39,6 +39,19 @@ def request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def stream_requests(port: int, cookies: list[str], cursor: int) -> list[bytes]:
+    """One `GET /events` per cookie, opened as the page opens its stream (at the cursor)."""
+    return [
+        request_bytes(
+            "GET",
+            f"/events?last_event_id={cursor}",
+            port,
+            {"Cookie": cookie, "Accept": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+        for cookie in cookies
+    ]
+
+
 @dataclass
 class Response:
     status: int = 0

@@ -596,19 +596,7 @@ class Bench:
             proxy_rss0 = proxy.sample()[1] if proxy else 0
             cursor = await self.newest_id()
             cookies = [visitors[i % len(visitors)].cookie for i in range(n)]
-            requests = [
-                net.request_bytes(
-                    "GET",
-                    f"/events?last_event_id={cursor}",
-                    server.port,
-                    {
-                        "Cookie": cookies[i],
-                        "Accept": "text/event-stream",
-                        "Cache-Control": "no-cache",
-                    },
-                )
-                for i in range(n)
-            ]
+            requests = net.stream_requests(server.port, cookies, cursor)
             groups = math.ceil(n / o.fetch_group)
             recorder = Recorder(n, server.port, cookies, [], o.fetch_group)
             t0 = now()
