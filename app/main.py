@@ -55,7 +55,7 @@ def _templates_fixed(engine: JinjaTemplateEngine) -> None:
 def create_app(settings: Settings | None = None) -> FrontDoor:
     settings = settings or Settings.from_env()
     runtime = Runtime(settings)
-    return FrontDoor(
+    app = FrontDoor(
         route_handlers=[
             pages.index,
             fragments.counter_fragment,
@@ -87,3 +87,9 @@ def create_app(settings: Settings | None = None) -> FrontDoor:
         openapi_config=None,
         debug=False,
     )
+    engine = app.template_engine
+    assert engine is not None
+    runtime.item_entry = lambda item: fragments.item_entry(
+        fragments.item_html(engine, item), settings.production
+    )
+    return app

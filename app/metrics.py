@@ -52,6 +52,15 @@ NOTIFY_TO_SEND = Histogram(
 )
 FRAGMENTS_SERVED = Counter("ripple_fragment_requests_total", "Fragment requests answered", ["kind"])
 ITEMS_SERVED = FRAGMENTS_SERVED.labels("activity")  # the label looked up once: the hot path
+ITEMS_IN_PROTOCOL = Counter(
+    "ripple_item_answers_in_protocol_total",
+    "Feed items answered from memory by the HTTP protocol, with no ASGI cycle "
+    "(counted in ripple_fragment_requests_total too)",
+)
+ITEMS_WARMED = Counter(
+    "ripple_items_warmed_total",
+    "New feed items read and rendered by a worker as their notification arrived",
+)
 DATABASE_UNAVAILABLE = Counter(
     "ripple_database_unavailable_total",
     "Requests answered 503 because the database could not be reached in time",

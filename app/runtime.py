@@ -20,8 +20,8 @@ from app import metrics
 from app.config import Settings
 from app.db import open_database
 from app.freshreads import FreshReads
-from app.itemcache import ItemCache
-from app.realtime import CHANNEL, Hub, Listener
+from app.itemcache import CachedItem, ItemCache
+from app.realtime import ACTIVITY, CHANNEL, Event, Hub, Listener
 from app.services import counter, feed, idempotency, ratelimit
 from app.services.presence import PresenceTracker, PresenceView, online
 from app.workers import WorkerRegistry, new_worker_id
@@ -47,14 +47,17 @@ class Runtime:
         self.presence = PresenceTracker(self.db, self.worker_id, settings.presence_grace_seconds)
         self.listener = Listener(
             settings.listen_database,
-            self.hub.publish,
+            self._on_notification,
             check_interval=settings.listener_check_seconds,
             check_timeout=settings.listener_check_timeout_seconds,
             send_probe=self._send_probe,
             on_state=self._report_listener_state,
             on_reconnect=self._resync_after_reconnect,
         )
-        self.item_cache = ItemCache()
+        self.item_cache = ItemCache(lambda: self.hub.resync_generation)
+        # Set by create_app (the templates and headers are the web layer's): with it, a new
+        # item is read and rendered here as its notification arrives (ItemCache.warm).
+        self.item_entry: Callable[[feed.ActivityView], CachedItem] | None = None
         # What every page re-reads after an event, read once per burst of requests.
         expiry = settings.presence_expiry_seconds
         self.counter_reads: FreshReads[None, int] = FreshReads(lambda _: counter.current(self.db))
@@ -71,6 +74,20 @@ class Runtime:
         self.streams_per_key: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_notification(self, event: Event) -> None:
+        if event.kind == ACTIVITY and self.item_entry is not None and len(self.hub):
+            self.item_cache.warm(event.activity_id, self._load_item)
+        self.hub.publish(event)
+
+    async def _load_item(self, item_id: int) -> CachedItem | None:
+        try:
+            item = await self.item_reads.get(item_id)
+        except feed.Hidden:
+            return None
+        if item is None or self.item_entry is None:
+            return None
+        return self.item_entry(item)
 
     async def _send_probe(self, payload: str) -> None:
         async with self.db.transaction() as session:
@@ -158,6 +175,7 @@ class Runtime:
         present = self.presence.visitors()  # before stop() forgets those within the grace
         await self.presence.stop()
         await self.listener.stop()
+        await self.item_cache.stop()
         try:
             await asyncio.wait_for(self.registry.remove(present), 3)
         except Exception as exc:

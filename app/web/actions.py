@@ -94,7 +94,7 @@ async def post_activity(request: Request[Any, Any, Any]) -> Response[Any]:
         return await respond(
             request,
             json=lambda: Response({"id": item.id}, status_code=201),
-            htmx=lambda: html(render_item(request, item, generation)[0], status=201),
+            htmx=lambda: html(render_item(request, item, generation).body, status=201),
         )
 
     return _with_identity(request, await once(request, who, "post", act), who, new)

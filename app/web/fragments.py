@@ -11,14 +11,16 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.params import FromPath
+from litestar.template import TemplateEngineProtocol
 from markupsafe import Markup
 
 from app import metrics
+from app.itemcache import CachedItem
 from app.services import feed
 from app.web import params
 from app.web.common import html, render, runtime, wants_json
 from app.web.errors import BadRequest, Gone, NotFound
-from app.web.security import Kind, kind_headers
+from app.web.security import Kind, kind_headers, kind_pairs
 
 
 def _state_headers() -> dict[str, str]:
@@ -63,21 +65,48 @@ def item_json(item: feed.ActivityView) -> dict[str, Any]:
     }
 
 
+ITEM_TEMPLATE = "partials/activity_item.html"
+
+
+def item_html(engine: TemplateEngineProtocol[Any, Any], item: feed.ActivityView) -> bytes:
+    return str(engine.get_template(ITEM_TEMPLATE).render(item=item)).encode()
+
+
+def item_entry(body: bytes, production: bool) -> CachedItem:
+    """An item's HTML with its ETag and its answers, ready to send from memory.
+
+    The same Kind.ITEM headers as every other answer of an item (app.web.security)."""
+    etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+    pairs = [(b"etag", etag.encode()), *kind_pairs(Kind.ITEM, production)]
+    common = b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
+    ok_head = (
+        common
+        + b"content-type: text/html; charset=utf-8\r\n"
+        + b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    return CachedItem(
+        body=body, etag=etag, ok=ok_head + body, ok_head=ok_head, not_modified=common + b"\r\n"
+    )
+
+
 def render_item(
     request: Request[Any, Any, Any], item: feed.ActivityView, read_at_generation: int
-) -> tuple[bytes, str]:
+) -> CachedItem:
     """An item's HTML and ETag, rendered once per worker.
 
     `read_at_generation` is the resync generation from before the item was read: if a
     resync (a hide) came in since, the answer is not kept.
     """
-    cached = runtime(request).item_cache.get(item.id, read_at_generation)
+    rt = runtime(request)
+    cached = rt.item_cache.get(item.id)
     if cached is not None:
         return cached
-    body = render(request, "partials/activity_item.html", item=item).encode()
-    entry = (body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
-    if runtime(request).hub.resync_generation == read_at_generation:
-        runtime(request).item_cache.put(item.id, entry)
+    engine = request.app.template_engine
+    assert engine is not None
+    entry = item_entry(item_html(engine, item), rt.settings.production)
+    rt.item_cache.put(item.id, entry, read_at_generation)
     return entry
 
 
@@ -89,18 +118,18 @@ def rendered_items(
     Safe as markup: it is the output of an autoescaping template, not user text.
     """
     return [
-        Markup(render_item(request, item, read_at_generation)[0].decode())  # noqa: S704
+        Markup(render_item(request, item, read_at_generation).body.decode())  # noqa: S704
         for item in items
     ]
 
 
-def _item_response(request: Request[Any, Any, Any], body: bytes, etag: str) -> Response[Any]:
+def _item_response(request: Request[Any, Any, Any], entry: CachedItem) -> Response[Any]:
     """Also answered, from memory, by app.web.frontdoor with the same Kind.ITEM headers."""
     metrics.ITEMS_SERVED.inc()
-    headers = {"etag": etag, **kind_headers(Kind.ITEM)}
-    if request.headers.get("if-none-match") == etag:
+    headers = {"etag": entry.etag, **kind_headers(Kind.ITEM)}
+    if request.headers.get("if-none-match") == entry.etag:
         return Response(content=b"", status_code=304, headers=headers)
-    return html(body, headers=headers)
+    return html(entry.body, headers=headers)
 
 
 @get("/fragments/activity/{raw_id:str}")
@@ -111,9 +140,9 @@ async def activity_item(request: Request[Any, Any, Any], raw_id: FromPath[str]) 
     json = wants_json(request)
     generation = runtime(request).hub.resync_generation
     if not json:  # every page fetches the same item at once: answer from memory
-        cached = runtime(request).item_cache.get(item_id, generation)
+        cached = runtime(request).item_cache.get(item_id)
         if cached is not None:
-            return _item_response(request, *cached)
+            return _item_response(request, cached)
     try:
         item = await runtime(request).item_reads.get(item_id)
     except feed.Hidden:
@@ -123,7 +152,7 @@ async def activity_item(request: Request[Any, Any, Any], raw_id: FromPath[str]) 
         raise NotFound("No such feed item.")
     if json:
         return Response(item_json(item), headers=kind_headers(Kind.ITEM_JSON))
-    return _item_response(request, *render_item(request, item, generation))
+    return _item_response(request, render_item(request, item, generation))
 
 
 def _cursor(raw: str | None, name: str) -> int | None:

@@ -1,0 +1,153 @@
+"""Feed items answered from a worker's memory, against a real server.
+
+Three ways answer an item: Litestar's handler (the first ask renders it), the front door
+ahead of Litestar, and the HTTP protocol itself with no ASGI cycle (app.httpprotocol). All
+three must give the same answer; the protocol's must keep HTTP/1.1's order and keep-alive
+rules when requests are pipelined; and a new item is read and rendered once per worker when
+its notification arrives, before the pages ask for it.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import httpx
+from support.probes import eventually, metric
+from support.rawconn import RawConnection
+from support.server import AppServer
+from support.sse import SSEClient
+from support.visitors import Visitor
+
+AppServerFactory = Callable[..., AppServer]
+IN_PROTOCOL = "ripple_item_answers_in_protocol_total"
+WARMED = "ripple_items_warmed_total"
+HTML = {"accept": "text/html", "hx-request": "true"}
+IGNORED = {"date", "set-cookie"}
+
+
+def _comparable(response: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k not in IGNORED}
+
+
+async def _new_item(visitor: Visitor, text: str) -> int:
+    item_id: int = (await visitor.post(text)).json()["id"]  # JSON: nothing rendered yet
+    return item_id
+
+
+async def test_every_way_in_gives_the_same_answer(app_server: AppServerFactory) -> None:
+    server = await asyncio.to_thread(app_server, workers=1)
+    base = server.base_url
+    async with await Visitor.arrive(base) as visitor:
+        path = f"/fragments/activity/{await _new_item(visitor, 'said <thrice>')}"
+        before = await metric(base, IN_PROTOCOL)
+        handler = await visitor.get(path, headers=HTML)  # not cached yet: Litestar renders
+        protocol = await visitor.get(path, headers=HTML)  # cached: the protocol answers
+        door = await visitor.get(path + "?from=door", headers=HTML)  # a query: the front door
+        assert await metric(base, IN_PROTOCOL) == before + 1
+        for response in (handler, protocol, door):
+            assert response.status_code == 200
+            assert "said &lt;thrice&gt;" in response.text
+            assert response.content == handler.content
+            assert _comparable(response) == _comparable(handler)
+        assert protocol.headers["cache-control"] == "public, max-age=300, immutable"
+        assert protocol.headers["date"]
+
+        etag = protocol.headers["etag"]
+        for suffix in ("", "?from=door"):
+            unchanged = await visitor.get(path + suffix, headers={**HTML, "if-none-match": etag})
+            assert unchanged.status_code == 304
+            assert unchanged.content == b""
+            assert unchanged.headers["etag"] == etag
+            assert "content-type" not in unchanged.headers
+            changed = await visitor.get(path + suffix, headers={**HTML, "if-none-match": '"x"'})
+            assert changed.status_code == 200
+            assert changed.content == handler.content
+            head = await visitor.client.head(path + suffix, headers=HTML)
+            assert head.status_code == 200
+            assert head.content == b""
+            assert _comparable(head) == _comparable(handler)
+        assert await metric(base, IN_PROTOCOL) == before + 4  # 1 + (304, 200, HEAD)
+
+        # JSON and requests that are not plain keep-alive HTTP/1.1 take the usual way.
+        as_json = await visitor.get(path, headers={"accept": "application/json"})
+        assert as_json.json()["body"] == "said <thrice>"
+        async with await RawConnection.open(base) as raw:
+            await raw.send(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            old = await raw.read_response()
+            assert old.status == 200
+            assert old.body == handler.content
+            assert await raw.wait_closed(5) is not None  # HTTP/1.0 without keep-alive
+        assert await metric(base, IN_PROTOCOL) == before + 4
+
+
+async def test_pipelined_requests_are_answered_in_order_and_a_stream_behind_stays_open(
+    app_server: AppServerFactory,
+) -> None:
+    """An answer from memory arms the connection's idle timer (5 s), as any answer does;
+    a stream pipelined behind it must not be closed by that timer."""
+    server = await asyncio.to_thread(app_server, workers=1)
+    base = server.base_url
+    async with await Visitor.arrive(base) as visitor:
+        path = f"/fragments/activity/{await _new_item(visitor, 'pipelined')}"
+        item = await visitor.get(path, headers=HTML)  # now cached
+        host = f"Host: 127.0.0.1:{server.port}\r\n"
+        requests = [
+            f"GET {path} HTTP/1.1\r\n{host}\r\n",
+            f"GET /fragments/counter HTTP/1.1\r\n{host}Accept: application/json\r\n\r\n",
+            f"HEAD {path} HTTP/1.1\r\n{host}\r\n",
+            f"GET {path} HTTP/1.1\r\n{host}\r\n",
+        ]
+        async with await RawConnection.open(base) as raw:
+            await raw.send("".join(requests).encode())
+            first = await raw.read_response()
+            assert (first.status, first.body) == (200, item.content)
+            counter = await raw.read_response()
+            assert counter.status == 200
+            assert b'"value"' in counter.body
+            head = raw.reader.readuntil(b"\r\n\r\n")  # a HEAD answer has no body to read
+            assert (await asyncio.wait_for(head, 5)).startswith(b"HTTP/1.1 200")
+            last = await raw.read_response()
+            assert (last.status, last.body) == (200, item.content)
+        stream = f"GET /events HTTP/1.1\r\n{host}Accept: text/event-stream\r\n\r\n"
+        async with await RawConnection.open(base) as raw:
+            await raw.send((requests[0] + stream).encode())
+            first = await raw.read_response()
+            assert (first.status, first.body) == (200, item.content)
+            stream_head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+            assert stream_head.startswith(b"HTTP/1.1 200")
+            assert b"text/event-stream" in stream_head
+            # Pings come every 2 s here; the idle timer would close it 5 s after the answer.
+            received = b""
+            until = time.monotonic() + 8
+            while (left := until - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    chunk = await asyncio.wait_for(raw.reader.read(65536), left)
+                    assert chunk, "the stream behind an answer from memory was closed"
+                    received += chunk
+            assert received.count(b"event: ping") >= 3
+
+
+async def test_a_new_item_is_read_once_when_its_notification_arrives(
+    app_server: AppServerFactory,
+) -> None:
+    server = await asyncio.to_thread(app_server, workers=1)
+    base = server.base_url
+    async with await Visitor.arrive(base) as visitor:
+        quiet = await _new_item(visitor, "nobody is watching")
+        await asyncio.sleep(0.5)
+        assert await metric(base, WARMED) == 0, "no stream open: nothing to warm"
+        async with SSEClient.open(base, cookies=visitor.cookie_header()) as stream:
+            await stream.wait_for_event("ping", timeout=5)
+            item_id = await _new_item(visitor, "everyone will ask")
+            await stream.wait_for_event("activity", str(item_id), timeout=5)
+            await eventually(lambda: metric(base, WARMED), lambda n: n == 1, timeout=5)
+            before = await metric(base, IN_PROTOCOL)
+            # The very first ask is answered from memory: the notification rendered it.
+            first = await visitor.get(f"/fragments/activity/{item_id}", headers=HTML)
+            assert first.status_code == 200
+            assert "everyone will ask" in first.text
+            assert await metric(base, IN_PROTOCOL) == before + 1
+        unwarmed = await visitor.get(f"/fragments/activity/{quiet}", headers=HTML)
+        assert unwarmed.status_code == 200
+        assert await metric(base, IN_PROTOCOL) == before + 1  # rendered by the handler
