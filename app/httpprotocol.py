@@ -40,6 +40,7 @@ from uvicorn.server import ServerState
 
 from app import metrics
 from app.config import Settings
+from app.realtime.stream import DISCONNECT_EXTENSION, DisconnectNotice
 from app.web.frontdoor import FrontDoor
 from app.web.security import Kind, kind_pairs
 
@@ -104,6 +105,7 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
         app = config.loaded_app
         self._door = app if isinstance(app, FrontDoor) else None
         self._answered_here = False  # this request was answered from memory (see below)
+        self._notices: list[DisconnectNotice] = []  # the streams' on this connection
 
     # -- connection --------------------------------------------------------------------------
 
@@ -115,6 +117,8 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        for notice in self._notices:
+            notice.lost()
 
     def data_received(self, data: bytes) -> None:
         """As uvicorn's, plus the head's size and deadline once the read is parsed."""
@@ -187,6 +191,11 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge
         if self._door is not None and self._answer_from_memory(self._door):
             return
+        if self.url.startswith(b"/events"):  # a stream hears of a lost connection from us
+            notice = DisconnectNotice()
+            self._notices.append(notice)
+            extensions: dict[str, Any] = {DISCONNECT_EXTENSION: notice}  # ASGI types: dicts
+            self.scope["extensions"] = extensions
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import httpx
 from support import database
+from support.probes import eventually, metric
 from support.server import AppServer
 from support.sse import SSEClient, named
 from support.visitors import Visitor
@@ -251,3 +252,21 @@ async def test_an_item_answered_from_memory_is_the_same_answer_as_from_the_datab
         assert as_json.json()["body"] == "said <once>"
         # An id beyond the cache: the ordinary 404.
         assert (await visitor.get(f"/fragments/activity/{item_id + 1000}")).status_code == 404
+
+
+async def test_streams_whose_clients_go_away_are_let_go_at_once(
+    app_server: AppServerFactory,
+) -> None:
+    """The server hears of a lost connection (from its HTTP protocol, with no task per
+    stream waiting for it) and ends the stream: nothing is left subscribed."""
+    server = await asyncio.to_thread(app_server, workers=1)
+    base = server.base_url
+    streams = [await SSEClient.connect(base) for _ in range(20)]
+    try:
+        for stream in streams:
+            await stream.wait_for_event("ping", timeout=5)
+        assert await metric(base, "ripple_open_streams") == 20
+    finally:
+        for stream in streams:
+            await stream.aclose()
+    await eventually(lambda: metric(base, "ripple_open_streams"), lambda n: n == 0, timeout=3)

@@ -108,7 +108,7 @@ async def serve_stream(
         if who is not None:
             joined = True
             await _join(rt, who, ip)
-        await write_stream(sub, send, receive, first, headers)
+        await write_stream(sub, scope, send, receive, first, headers)
     except asyncio.CancelledError:
         if not sub.timed_out:
             raise
