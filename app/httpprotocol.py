@@ -40,7 +40,7 @@ from uvicorn.server import ServerState
 
 from app import metrics
 from app.config import Settings
-from app.realtime.stream import DISCONNECT_EXTENSION, DisconnectNotice
+from app.realtime import DISCONNECT_EXTENSION, DisconnectNotice
 from app.web.frontdoor import FrontDoor
 from app.web.security import Kind, kind_pairs
 

@@ -5,7 +5,7 @@ Nothing outside this package imports past this module.
 
 from app.realtime.hub import Hub, Subscription
 from app.realtime.listener import Listener, ListenerUnusable
-from app.realtime.stream import write_stream
+from app.realtime.stream import DISCONNECT_EXTENSION, DisconnectNotice, write_stream
 from app.realtime.wireformat import (
     ACTIVITY,
     CHANNEL,
@@ -24,9 +24,11 @@ __all__ = [
     "ACTIVITY",
     "CHANNEL",
     "COUNTER",
+    "DISCONNECT_EXTENSION",
     "PING",
     "PRESENCE",
     "RESYNC",
+    "DisconnectNotice",
     "Event",
     "Hub",
     "Listener",
