@@ -69,7 +69,6 @@ async def serve_stream(
             extra={"allow": "GET, HEAD"},
         )
         return
-    request: Request[Any, Any, Any] = Request(scope, receive)
     settings = rt.settings
     if rt.stopping.is_set():
         await _refuse(rt, send, 503, "shutting-down", 1)
@@ -82,16 +81,12 @@ async def serve_stream(
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
-    who = identity.decode(request.cookies.get(identity.COOKIE_NAME), settings.verifying_keys)
-    ip = request.client.host if request.client else "unknown"
+    who, ip, cursor = _who_and_where(rt, scope, receive)
     keys = [f"ip:{ip}"] + ([f"v:{who.id.hex}"] if who else [])
     cap = settings.max_streams_per_client
     if cap and any(rt.streams_per_key[k] >= cap for k in keys):
         await _refuse(rt, send, 429, "client-limit", 10)
         return
-    cursor = params.first_cursor(
-        request.headers.get("last-event-id"), request.query_params.get("last_event_id")
-    )
     for key in keys:
         rt.streams_per_key[key] += 1
     sub = rt.hub.subscribe()  # before the replay query, so nothing falls in between
@@ -125,6 +120,21 @@ async def serve_stream(
                 del rt.streams_per_key[key]
         if joined and who is not None:
             rt.presence.closed(who)
+
+
+def _who_and_where(
+    rt: Runtime, scope: Scope, receive: Receive
+) -> tuple[identity.Identity | None, str, int | None]:
+    """The visitor, their address and the stream's cursor. Read here so that the Request
+    (and what it parsed) is not kept for the stream's whole life: 10,000 streams hold
+    10,000 of whatever their handler's frame holds."""
+    request: Request[Any, Any, Any] = Request(scope, receive)
+    who = identity.decode(request.cookies.get(identity.COOKIE_NAME), rt.settings.verifying_keys)
+    ip = request.client.host if request.client else "unknown"
+    cursor = params.first_cursor(
+        request.headers.get("last-event-id"), request.query_params.get("last_event_id")
+    )
+    return who, ip, cursor
 
 
 async def _join(rt: Runtime, who: identity.Identity, ip: str) -> None:
