@@ -29,7 +29,6 @@ from support.paths import REPO_ROOT
 from support.ports import raise_open_file_limit
 
 from bench import load, procs
-from bench.load import Recorder
 from bench.machine import app_revision, machine
 from bench.options import Options
 from bench.phases import direct, latency, proxy, streams, throughput
@@ -131,23 +130,10 @@ class Bench(BenchContext):
         c.writer_visitors = await load.get_visitors(c.writer.port, 8)
         await self.warm_writer(c)
 
-    # The phases a subclass may change (bench.fanin's peer mode does).
-
-    async def size(
-        self, c: Contender, n: int, modes: list[str] | None = None, hammer: bool = True
-    ) -> dict[str, Any]:
-        return await streams.size(self, c, n, modes, hammer)
-
-    async def latency_phase(
-        self,
-        c: Contender,
-        server: procs.Target,
-        recorder: Recorder,
-        live: list[bool],
-        mode: str | None,
-        rate: float,
-    ) -> dict[str, Any]:
-        return await latency.latency_phase(self, c, server, recorder, live, mode, rate)
+    # The phases a subclass may change (bench.fanin's peer mode does): the phase modules'
+    # functions, bound as methods.
+    size = streams.size
+    latency_phase = latency.latency_phase
 
 
 def write_results(results: dict[str, Any], prefix: str = "") -> Path:

@@ -147,6 +147,7 @@ class ManagedProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.argv} on port {self.port}\n".encode())
             log.flush()
+            self._popen = None  # never signal a previous run's pid again
             self._swept = False
             self._returncode = None
             self._tree = {}
@@ -163,6 +164,9 @@ class ManagedProcess:
                     executor.wait_for(executor.check_subprocess)
             except ExecutorError as exc:
                 self._failed_start(exc)
+            except BaseException:  # interrupted while waiting: leave nothing running
+                self.stop(timeout=5)
+                raise
         self._remember_tree()
         return self
 
