@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from bench import report
-from bench.run import Options, ensure_cwd_importable, run, write_results
+from bench.options import Options
+from bench.run import ensure_cwd_importable, run, write_results
 
 
 def _ints(text: str) -> list[int]:
@@ -116,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     options = Options.quick_defaults() if args.quick else Options()
     if args.proxy != "none":
-        from bench import procs
+        from bench import nginx
 
         try:
-            procs.find_nginx()
-        except procs.ProxyMissing as exc:
+            nginx.find_nginx()
+        except nginx.ProxyMissing as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         options.use_proxy(args.proxy)

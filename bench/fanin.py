@@ -13,10 +13,9 @@ sampler for Node); it costs a few per cent, and the turn is marked in the result
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import os
 import resource
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,65 +23,35 @@ from typing import Any
 
 import numpy as np
 
-from bench import load, net, node, procs, profile, stats
+from bench import load, node, procs, sendcost, stats
+from bench.limits import raise_limits, restore_ports
 from bench.load import Recorder
-from bench.net import now
-from bench.run import Bench, Contender, Options
-from bench.shard import Shard, latencies
-
-# Each block's writer is its own stream instance, known once it has started (latency_phase).
-UNSET = procs.Server("unset", 0, 0, [], {}, "/healthz")
-PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-WIDE_PORTS = (10240, 65535)  # above the usual fixed ports (5432, 8000, 8080)
-
+from bench.options import Options
+from bench.phases.context import Contender
+from bench.phases.profiled import start_profile
+from bench.phases.sharded import merge_shard, size_sharded
+from bench.run import Bench
+from bench.shard import Shard
 
 SERVERS = ("ripple", "node", "ripple-gc-default")  # the last: Ripple with CPython's GC defaults
 
 
 @dataclass
 class PeerContender(Contender):
-    def stream_server(self, url: str, max_streams: int) -> procs.Target:
+    """Its stream instance takes the writes too (its writer is set by `latency_phase`)."""
+
+    def stream_server(self, url: str, max_streams: int, log_dir: Path) -> procs.Target:
         if self.key == "ripple-gc-default":  # app.gcpolicy switched off: the before
-            server = procs.ripple(f"{self.key}-streams", url, 2, max_streams, "uvicorn")
+            server = procs.ripple(f"{self.key}-streams", url, 2, max_streams, "uvicorn", log_dir)
             server.env["RIPPLE_GC_POLICY"] = "default"
             return server
         if self.app == "node":
-            server = node.peer(f"{self.key}-streams", url, 2)
+            server = node.peer(f"{self.key}-streams", url, 2, log_dir)
             directory = tempfile.mkdtemp(prefix="ripple-bench-node-prof-")
             server.env["NODE_PEER_PROFILE_DIR"] = directory  # for a profiled turn
             server.temp_dirs.append(directory)
             return server
-        return procs.ripple(f"{self.key}-streams", url, 2, max_streams, "uvicorn")
-
-
-def raise_limits(streams: int) -> dict[str, Any]:
-    """As root, lift the hard open-file limit and widen the ephemeral port range when the
-    largest block needs it: the load process holds a socket per stream and per page, and
-    every one of them takes a loopback port. Says what it changed (the port range is the
-    machine's, and is put back by `restore_ports`)."""
-    done: dict[str, Any] = {"root": os.geteuid() == 0}
-    need = 2 * streams + 4096
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < need and done["root"]:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
-            done["hard_open_files_raised"] = f"{hard} -> {need}"
-        except (ValueError, OSError) as exc:  # no CAP_SYS_RESOURCE: bench.shard instead
-            done["hard_open_files_not_raised"] = f"{hard} (wanted {need}: {exc})"
-    done["open_file_limit"] = procs.raise_open_file_limit()
-    with contextlib.suppress(OSError, ValueError):
-        low, high = (int(x) for x in PORT_RANGE.read_text().split())
-        done["port_range_before"] = f"{low} {high}"
-        if high - low < streams + 16384 and done["root"]:
-            PORT_RANGE.write_text(f"{WIDE_PORTS[0]} {WIDE_PORTS[1]}\n")
-            done["port_range"] = f"{WIDE_PORTS[0]} {WIDE_PORTS[1]}"
-    return done
-
-
-def restore_ports(limits: dict[str, Any]) -> None:
-    if "port_range" in limits:
-        with contextlib.suppress(OSError):
-            PORT_RANGE.write_text(limits["port_range_before"] + "\n")
+        return procs.ripple(f"{self.key}-streams", url, 2, max_streams, "uvicorn", log_dir)
 
 
 class FanIn(Bench):
@@ -122,10 +91,7 @@ class FanIn(Bench):
                 keys = [k for k in o.peer_servers if n <= o.page_max or k != "ripple-gc-default"]
                 for turn in range(rounds):
                     self.profiling = o.profile and turn == rounds - 1
-                    for c in [
-                        PeerContender(key, key.split("-")[0], key, "ripple", writer=UNSET)
-                        for key in keys
-                    ]:
+                    for c in [PeerContender(key, key.split("-")[0], key, "ripple") for key in keys]:
                         label = f"turn {turn + 1}" + (", profiled" if self.profiling else "")
                         self.say(f"--- {c.key}: {n} streams ({label})")
                         load_start = os.getloadavg()
@@ -144,16 +110,10 @@ class FanIn(Bench):
 
     def save_partial(self) -> None:
         """The results so far, rewritten after every block: a run cut short keeps them."""
-        import json
-
-        if not hasattr(self, "partial_path"):
-            self.partial_path = self.log_dir / "peer-partial.json"
-        self.partial_path.write_text(json.dumps(self.results, indent=1))
+        (self.log_dir / "peer-partial.json").write_text(json.dumps(self.results, indent=1))
 
     async def send_cost(self, when: str) -> list[dict[str, Any]]:
         """The floor: one send() to each of N loopback sockets (bench/sendcost.py)."""
-        from bench import sendcost
-
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         sizes = [s for s in (1000, 2000, 5000, 9000) if 2 * s + 1024 < nofile]
         found: list[dict[str, Any]] = [
@@ -182,11 +142,15 @@ class FanIn(Bench):
         load_start = os.getloadavg()
         if self.shard is not None:
             await self.shard.begin(await self.newest_id())
-        probe = self._start_profile(c, server, mode) if self.profiling else None
+        probe = (
+            start_profile(c, server, mode, self.o.duration, self.log_dir)
+            if self.profiling
+            else None
+        )
         out = await super().latency_phase(c, server, recorder, live, mode, rate)
         out["load_avg"] = [round(x, 2) for x in load_start]
         if self.shard is not None:
-            await self._merge_shard(out, recorder, live)
+            await merge_shard(self, self.shard, out, recorder, live)
         if mode:
             out["served_ms"] = {
                 kind: stats.summary_ms(np.frombuffer(times, dtype=np.float64))
@@ -199,60 +163,6 @@ class FanIn(Bench):
         recorder.catchup_window = 0.0
         return out
 
-    def _start_profile(self, c: Contender, server: procs.Target, mode: str | None) -> Any:
-        """Start a profiler over the phase's write period; returns what collects it."""
-        assert isinstance(server, procs.Server)
-        assert server.popen is not None
-        seconds = self.o.duration
-        name = f"{c.key}-{mode or 'event'}-{server.port}"
-        if c.app == "ripple":
-            spy = profile.PySpy(server.popen.pid, seconds, self.log_dir / f"{name}.pyspy.txt")
-            return spy.collect
-        # Node: the peer starts V8's sampler on SIGUSR2 and writes the profile on the next.
-        directory = Path(server.env["NODE_PEER_PROFILE_DIR"])
-        for old in directory.glob("*.cpuprofile"):
-            old.unlink()
-        server.popen.send_signal(signal.SIGUSR2)
-
-        def collect() -> dict[str, Any]:
-            import time
-
-            assert server.popen is not None
-            server.popen.send_signal(signal.SIGUSR2)
-            time.sleep(1.5)
-            return profile.v8_profiles(directory)
-
-        return collect
-
-    async def _merge_shard(self, out: dict[str, Any], recorder: Recorder, live: list[bool]) -> None:
-        """The event figures over both processes' streams (this one's stay under "here")."""
-        assert self.shard is not None
-        sent_at = self.last_sent_at
-        path = str(self.log_dir / f"shard-{len(sent_at)}-{int(now() * 1000)}.npy")
-        theirs = await self.shard.report(sent_at, path, max(15.0, self.o.duration))
-        mine, got, duplicates = latencies(sent_at, recorder.ids, recorder.times, live)
-        every = np.concatenate([mine, np.load(path)])
-        expected = len(sent_at) * sum(live) + theirs["expected"]
-        received = got + theirs["received"]
-        here = out["event"]
-        out["event"] = {
-            "items": len(sent_at),
-            "clients": sum(live) + theirs["expected"] // max(1, len(sent_at)),
-            "received": received,
-            "expected": expected,
-            "duplicates": duplicates + theirs["duplicates"],
-            "ratio": round(received / expected, 6) if expected else None,
-            "latency_ms": stats.summary_ms(every),
-            "here": here,
-            "shard": theirs,
-        }
-        frames_here = here.get("received", 0)
-        if received:
-            out["cpu"]["server_us_per_frame"] = round(
-                out["cpu"]["server_us_per_frame"] * frames_here / received, 2
-            )
-        self.say(f"both processes: delivery {out['event']['ratio']} {out['event']['latency_ms']}")
-
     async def size(
         self, c: Contender, n: int, modes: list[str] | None = None, hammer: bool = True
     ) -> dict[str, Any]:
@@ -260,74 +170,4 @@ class FanIn(Bench):
         per_process = int(os.environ.get("RIPPLE_BENCH_STREAMS_PER_PROCESS", nofile - 4096))
         if n <= per_process:
             return await super().size(c, n, modes, hammer)
-        return await self._size_sharded(c, n)
-
-    async def _size_sharded(self, c: Contender, n: int) -> dict[str, Any]:
-        """More streams than this process may open: half here, half in a shard process;
-        the open and event phases only (as `Bench.size` does them)."""
-        o = self.o
-        server = c.stream_server(self.url, n)
-        streams: list[net.SseStream] = []
-        shard: Shard | None = None
-        entry: dict[str, Any] = {}
-        try:
-            server.start(self.log_dir)
-            background = await self.wait_quiet()
-            await server.wait_ready()
-            visitors = await load.get_visitors(server.port, min(o.visitors, n))
-            await asyncio.sleep(1.0)
-            cpu0, rss0 = server.sample()
-            cursor = await self.newest_id()
-            cookies = [visitors[i % len(visitors)].cookie for i in range(n)]
-            requests = net.stream_requests(server.port, cookies, cursor)
-            mine = n // 2
-            shard = Shard.start(
-                server.port, requests[mine:], self.log_dir / f"shard-{server.port}.log"
-            )
-            recorder = Recorder(mine, server.port, cookies[:mine], [], 1)
-            t0 = now()
-            (streams, failed), theirs = await asyncio.gather(
-                net.open_streams(
-                    server.port, requests[:mine], recorder, timeout=max(120.0, n / 40)
-                ),
-                shard.opened(timeout=max(180.0, n / 40 + 60)),
-            )
-            ramp = now() - t0
-            await asyncio.sleep(3.0)
-            cpu1, rss1 = server.sample()
-            await asyncio.sleep(2.0)
-            self.idle_cpu_rate = (server.sample()[0] - cpu1) / 2.0
-            live = [s.status == 200 and not s.closed for s in streams]
-            total = sum(live) + theirs["open"]
-            entry["open"] = {
-                "requested": n,
-                "open": total,
-                "failed": failed + theirs["failed"],
-                "open_here": sum(live),
-                "open_in_shard": theirs["open"],
-                "ramp_s": round(ramp, 2),
-                "rss_before_mib": round(rss0 / 2**20, 1),
-                "rss_with_mib": round(rss1 / 2**20, 1),
-                "kib_per_stream": round((rss1 - rss0) / 1024 / max(1, total), 2),
-                "opens_per_s": round(total / max(ramp, 1e-9), 1),
-                "open_cpu_ms_per_stream": round(1000 * (cpu1 - cpu0) / max(1, total), 2),
-                "background_busy_pct": background,
-                "idle_cpu_pct": round(100 * self.idle_cpu_rate, 1),
-            }
-            self.say(
-                f"{c.key}: opened {total}/{n} (shard {theirs}) in {ramp:.1f} s; {entry['open']}"
-            )
-            self.shard = shard
-            entry["event"] = await self.latency_phase(c, server, recorder, live, None, o.rate)
-            entry["still_open"] = sum(
-                1 for s, ok in zip(streams, live, strict=True) if ok and not s.closed
-            ) + entry["event"]["event"].get("shard", {}).get("still_open", 0)
-        finally:
-            self.shard = None
-            for stream in streams:
-                stream.close()
-            if shard is not None:
-                shard.stop()
-            await asyncio.sleep(0.5)
-            server.stop()
-        return entry
+        return await size_sharded(self, c, n)

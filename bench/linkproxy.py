@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 
-from bench import procs
+from support.paths import REPO_ROOT
 
 ACTIONS = {"cut": "cut", "heal": "heal", "reset": "reset_all"}
 
@@ -57,7 +57,7 @@ class LinkProcess:
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bench.linkproxy", *map(str, target_ports)],
-            cwd=procs.ROOT,
+            cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

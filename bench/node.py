@@ -11,9 +11,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench import procs
+from support.paths import REPO_ROOT
+from support.ports import free_port
 
-PEER_DIR = procs.ROOT / "bench" / "node_peer"
+from bench import net, procs
+
+PEER_DIR = REPO_ROOT / "bench" / "node_peer"
 
 
 class NodeMissing(RuntimeError):
@@ -60,17 +63,17 @@ def install() -> str:
     return str(meta["version"])
 
 
-def peer(name: str, url: str, workers: int) -> procs.Server:
+def peer(name: str, url: str, workers: int, log_dir: Path) -> procs.Server:
     """The peer under node:cluster with `workers` workers, on a free loopback port."""
-    port = procs.free_port()
+    port = free_port(net.HOST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_URL")}
     env.update(
         DATABASE_URL=url,
         PORT=str(port),
-        HOST="127.0.0.1",
+        HOST=net.HOST,
         WEB_CONCURRENCY=str(workers),
         SECRET_KEY=procs.SECRET_KEY,
         NODE_ENV="production",
     )
     argv = [find("node"), str(Path("bench") / "node_peer" / "server.js")]
-    return procs.Server(name, port, workers, argv, env, "/healthz")
+    return procs.Server(name, argv, env, log_dir=log_dir, port=port, workers=workers)

@@ -18,6 +18,7 @@ from array import array
 from typing import Any
 
 import numpy as np
+from support.paths import REPO_ROOT
 
 from bench import net
 from bench.net import SseStream, StreamSink, now
@@ -108,10 +109,9 @@ async def main() -> None:
 
 if __name__ == "__main__":
     import uvloop
+    from support.ports import raise_open_file_limit
 
-    from bench import procs
-
-    procs.raise_open_file_limit()
+    raise_open_file_limit()
     uvloop.run(main())
 
 
@@ -127,7 +127,7 @@ class Shard:
 
         popen = subprocess.Popen(
             [sys.executable, "-m", "bench.shard"],
-            cwd=procs_root(),
+            cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_path.open("wb"),
@@ -178,9 +178,3 @@ class Shard:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(5)
-
-
-def procs_root() -> Any:
-    from bench import procs
-
-    return procs.ROOT

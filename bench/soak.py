@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import load, procs
+from support.paths import REPO_ROOT
+from support.ports import raise_open_file_limit
+
+from bench import load
 from bench.chaos import Chaos
 from bench.checker import check, read_expected, read_facts, timing_notes, verdict
 from bench.net import now
@@ -26,7 +29,7 @@ from bench.soak_pages import Pages, converge
 from bench.soak_report import chart, timeline
 from bench.soak_topology import Topology
 
-RESULTS = procs.ROOT / "bench" / "results"
+RESULTS = REPO_ROOT / "bench" / "results"
 
 
 @dataclass
@@ -70,7 +73,7 @@ async def _connect_all(
 
 
 async def run_soak(options: SoakOptions) -> dict[str, Any]:
-    procs.raise_open_file_limit()
+    raise_open_file_limit()
     stamp = _stamp()
     options.out_dir.mkdir(parents=True, exist_ok=True)
     topology = Topology(options.out_dir / "logs" / f"soak-{stamp}")
@@ -194,7 +197,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
             await pages.close()
         await asyncio.to_thread(topology.stop)
     logs = topology.log_dir
-    result["logs"] = str(logs.relative_to(procs.ROOT) if logs.is_relative_to(procs.ROOT) else logs)
+    result["logs"] = str(logs.relative_to(REPO_ROOT) if logs.is_relative_to(REPO_ROOT) else logs)
     return result
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from support import database
 from support.cluster import PgCluster
 from support.pgbouncer import PgBouncer
 from support.server import AppServer
 
-from bench import procs
 from bench.linkproxy import Link, LinkProcess
 
 DBNAME = "ripple_soak"
@@ -79,7 +79,7 @@ class Topology:
             await conn.execute(f'CREATE DATABASE "{DBNAME}"')
         finally:
             await conn.close()
-        await asyncio.to_thread(procs.migrate, self.direct_url)
+        await asyncio.to_thread(database.migrate, self.direct_url)
         # server_login_retry: after a cluster restart, try the server again within a second
         # instead of PgBouncer's default 15 s.
         self.bouncer = PgBouncer(

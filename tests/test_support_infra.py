@@ -364,8 +364,7 @@ def test_pgbouncer_runs_unprivileged_and_stops(pgbouncer: Callable[..., PgBounce
     bouncer = pgbouncer()
     assert bouncer.running
     if os.geteuid() == 0:
-        assert bouncer._proc is not None
-        assert psutil.Process(bouncer._proc.pid).username() == "postgres"
+        assert psutil.Process(bouncer.pid).username() == "postgres"
     bouncer.stop()
     assert not bouncer.running
     with socket.socket() as sock:

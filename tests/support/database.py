@@ -68,6 +68,15 @@ async def execute(url: str, query: str, *args: object) -> str:
         await conn.close(timeout=5)
 
 
+async def settings(url: str, *names: str) -> dict[str, str]:
+    """The server's current value of each named setting (``SHOW name``)."""
+    conn = await connect(url)
+    try:
+        return {name: str(await conn.fetchval(f"SHOW {name}", timeout=30)) for name in names}
+    finally:
+        await conn.close(timeout=5)
+
+
 async def check_reachable(url: str) -> None:
     """Raise a readable error when the server at ``url`` does not answer."""
     try:
@@ -79,10 +88,18 @@ async def check_reachable(url: str) -> None:
         ) from exc
 
 
-async def create_database(admin: str | None = None) -> str:
-    """Create an empty database named ``ripple_test_<hex>``; return its URL."""
+# Names of the databases we create; `drop_database` drops no other (the benchmark's have their
+# own prefix so that its leftovers are told apart from the suite's).
+OWN_PREFIXES = ("ripple_test_", "ripple_bench_")
+
+
+async def create_database(admin: str | None = None, prefix: str = "ripple_test_") -> str:
+    """Create an empty database named ``<prefix><hex>``; return its URL (its name:
+    ``database_name(url)``)."""
+    if prefix not in OWN_PREFIXES:
+        raise ValueError(f"{prefix!r} is not one of {OWN_PREFIXES}")
     admin = admin or admin_url()
-    name = f"ripple_test_{secrets.token_hex(6)}"
+    name = f"{prefix}{secrets.token_hex(6)}"
     await execute(admin, f'CREATE DATABASE "{name}"')
     return with_database(admin, name)
 
@@ -91,7 +108,7 @@ async def drop_database(url: str, admin: str | None = None) -> None:
     """Drop the database ``url`` names, disconnecting whoever is still using it."""
     admin = admin or admin_url()
     name = database_name(url)
-    if not name.startswith("ripple_test_"):
+    if not name.startswith(OWN_PREFIXES):
         raise ValueError(f"refusing to drop a database we did not create: {name!r}")
     await execute(
         admin,

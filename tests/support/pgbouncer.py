@@ -1,21 +1,19 @@
 """A real PgBouncer (Debian's binary) in transaction mode in front of a PostgreSQL server."""
 
-import asyncio
+import os
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
 from . import reaper
-from .ports import accepts_connections, free_port
-from .processes import stop_group
+from .ports import free_port
+from .process import ManagedProcess, TcpReady
 from .system import as_service_user, find_sbin, give_to_service_user
 
 
-class PgBouncer:
+class PgBouncer(ManagedProcess):
     """PgBouncer listening on 127.0.0.1 at a free port, forwarding every database name.
 
     PgBouncer refuses to run as root, so when we are root it runs as the ``postgres`` user
@@ -37,14 +35,22 @@ class PgBouncer:
         timeout: float = 15.0,
     ) -> None:
         self.target = (host, port)
-        self.port = free_port()
-        self.timeout = timeout
         self.binary = find_sbin("pgbouncer")
         # Not under pytest's tmp_path: the postgres user must be able to read it.
         self.base_dir = Path(tempfile.mkdtemp(prefix="ripple-pgbouncer-"))
         self.ini_path = self.base_dir / "pgbouncer.ini"
-        self.log_path = self.base_dir / "pgbouncer.log"
         self.auth_file = self.base_dir / "userlist.txt"
+        super().__init__(
+            "pgbouncer",
+            [self.binary, str(self.ini_path)],
+            env=os.environ,
+            log_path=self.base_dir / "pgbouncer.log",
+            port=free_port(),
+            ready=TcpReady(),
+            startup_timeout=timeout,
+            cwd=self.base_dir,
+            popen_kwargs=as_service_user(),
+        )
         config = {
             "listen_addr": "127.0.0.1",
             "listen_port": str(self.port),
@@ -67,8 +73,6 @@ class PgBouncer:
             f"* = host={host} port={port}\n\n"
             "[pgbouncer]\n" + "".join(f"{key} = {value}\n" for key, value in config.items())
         )
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._swept = False  # the group was stopped: never signal that pgid again
 
     def url_for(self, dbname: str, user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
@@ -76,45 +80,13 @@ class PgBouncer:
     def start(self) -> Self:
         """Start in the foreground and wait (bounded) until it accepts TCP connections."""
         give_to_service_user(self.base_dir)
-        with self.log_path.open("ab") as log:
-            self._swept = False
-            self._proc = subprocess.Popen(
-                [self.binary, str(self.ini_path)],
-                cwd=self.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **as_service_user(),
-            )
-        reaper.track(self, self.destroy)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self.destroy()
-                raise RuntimeError(
-                    f"pgbouncer exited with code {self._proc.returncode}:\n{self.log_tail()}"
-                )
-            if accepts_connections("127.0.0.1", self.port):
-                return self
-            time.sleep(0.05)
-        self.destroy()
-        raise RuntimeError(f"pgbouncer not accepting within {self.timeout} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (PgBouncer's immediate shutdown), then SIGKILL if it lingers."""
-        if self._proc is None:
-            return None
-        if self._swept:
-            return self._proc.returncode
         try:
-            return stop_group(self._proc, timeout)
-        finally:
-            self._swept = True
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+            super().start()
+        except BaseException:
+            self.destroy()
+            raise
+        reaper.track(self, self.destroy)  # its files go too
+        return self
 
     def destroy(self) -> None:
         try:
@@ -122,19 +94,6 @@ class PgBouncer:
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             reaper.untrack(self)
-
-    async def astart(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.destroy()

@@ -1,5 +1,6 @@
-"""Free TCP ports on the loopback interface."""
+"""Free TCP ports on the loopback interface, and the open-file limit that sockets count against."""
 
+import resource
 import socket
 
 _handed_out: set[int] = set()
@@ -28,3 +29,15 @@ def accepts_connections(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft open-file limit to the hard one (every socket is a file); return it.
+
+    Children started afterwards inherit the raised limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -23,11 +23,17 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     )
 
 
-async def metric(base_url: str, name: str, labels: Mapping[str, str] | None = None) -> float:
-    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
-        response = await client.get("/metrics")
+async def metrics_text(base_url: str, token: str | None = None, timeout: float = 5.0) -> str:
+    """An instance's /metrics as Prometheus text (``token``: its METRICS_TOKEN, if set)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+        response = await client.get("/metrics", headers=headers)
     response.raise_for_status()
-    return metric_value(response.text, name, labels)
+    return response.text
+
+
+async def metric(base_url: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    return metric_value(await metrics_text(base_url), name, labels)
 
 
 async def health(base_url: str) -> tuple[int, dict[str, Any]]:

@@ -5,15 +5,16 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
 
-def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+def signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     """Send ``sig`` to the child's whole process group (its pgid is its pid)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 
 
-def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
     """SIGTERM the group, wait up to ``timeout`` seconds, then SIGKILL it; return the exit code.
 
     The group is SIGKILLed even when the leader exits in time, so that a worker that ignored

@@ -21,7 +21,8 @@ def untrack(owner: object) -> None:
 
 
 @atexit.register
-def _run_all() -> None:
+def run_all() -> None:
+    """Run every cleanup still registered (also at exit); a failing one does not stop the rest."""
     for cleanup in list(_cleanups.values()):
         try:
             cleanup()
