@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, WriterState
+from app.realtime.hub import FANOUT_SLICE
 
 
 async def test_a_subscriber_that_never_drains_stays_bounded_and_gets_one_resync() -> None:
@@ -224,3 +225,28 @@ async def test_a_send_that_returns_a_plain_awaitable_is_stepped_the_same_way() -
     ]
     assert not sub.closed
     hub.unsubscribe(sub)
+
+
+async def test_a_large_fan_out_is_written_in_slices_that_let_other_work_run_between() -> None:
+    """One event to 1,200 streams: 500 per pass of the loop (FANOUT_SLICE), work that
+    arrived meanwhile runs between passes, and every stream still gets every frame in
+    event order."""
+    hub = Hub()
+    sends = [RecordingSend() for _ in range(1200)]
+    for send in sends:
+        hub.subscribe().attached(send)  # type: ignore[arg-type]
+    ran_between: list[int] = []
+
+    def written() -> int:
+        return sum(1 for send in sends if send.chunks)
+
+    hub.publish(Event(ACTIVITY, "1"))
+    hub.publish(Event(ACTIVITY, "2"))  # queued behind the first event's slices
+    assert written() == FANOUT_SLICE
+    asyncio.get_running_loop().call_soon(lambda: ran_between.append(written()))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert ran_between == [FANOUT_SLICE * 2]  # after one more slice, before the rest
+    assert [send.chunks for send in sends] == [
+        [b"event: activity\nid: 1\ndata: 1\n\n", b"event: activity\nid: 2\ndata: 2\n\n"]
+    ] * len(sends)

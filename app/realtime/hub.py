@@ -102,6 +102,68 @@ class Subscription(StreamWriter):
         return bool(self._resync or self._activity or self._state)
 
 
+# Streams offered a frame per pass of the event loop (see Hub._fan_out). Writing a frame
+# costs about 10 to 15 µs (docs/benchmarks.md), so a slice holds the loop for 5 to 8 ms.
+FANOUT_SLICE = 500
+
+
+class _FanOut:
+    """One frame being offered to the streams that were open when its event came."""
+
+    __slots__ = (
+        "activity_id",
+        "coalesced",
+        "done",
+        "frame",
+        "kind",
+        "next",
+        "overflow",
+        "received",
+        "subs",
+    )
+
+    def __init__(
+        self,
+        subs: set[Subscription],
+        kind: str,
+        activity_id: int,
+        frame: bytes,
+        received: float,
+        overflow: bytes = b"",
+    ) -> None:
+        self.subs = tuple(subs)
+        self.kind = kind
+        self.activity_id = activity_id
+        self.frame = frame
+        self.received = received
+        self.overflow = overflow
+        self.next = 0
+        self.done = False
+        self.coalesced = 0
+
+    def run(self, budget: int) -> int:
+        """Offer the frame to up to `budget` more streams; how many were offered."""
+        start = self.next
+        end = min(start + budget, len(self.subs))
+        part = self.subs[start:end] if start or end < len(self.subs) else self.subs
+        kind, frame, received = self.kind, self.frame, self.received
+        if kind == ACTIVITY:
+            activity_id, overflow = self.activity_id, self.overflow
+            for sub in part:
+                sub.offer_activity(activity_id, frame, received, overflow)
+        elif kind == RESYNC:
+            for sub in part:
+                sub.offer_resync(frame)
+        else:
+            coalesced = 0
+            for sub in part:
+                coalesced += sub.offer_state(kind, frame, received)
+            self.coalesced += coalesced
+        self.next = end
+        self.done = end >= len(self.subs)
+        return end - start
+
+
 class Hub:
     """Fan-out for one worker. All methods run on the event loop thread."""
 
@@ -118,6 +180,7 @@ class Hub:
         self._last_sent: dict[str, float] = {}
         self._pending: dict[str, Event] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._backlog: deque[_FanOut] = deque()  # events being offered, oldest first
         self.newest_activity_id = 0
         # Bumped by every resync (an item hidden, items pruned, notifications missed while
         # the listener was away): caches of rendered items compare it to know to start over.
@@ -175,27 +238,42 @@ class Hub:
             self.newest_activity_id = max(self.newest_activity_id, activity_id)
             frame = encode_frame(ACTIVITY, event.ref, event_id=activity_id)
             overflow = encode_frame(RESYNC, "overflow", event_id=self.newest_activity_id)
-            for sub in self._subs:
-                sub.offer_activity(activity_id, frame, received, overflow)
+            self._fan_out(_FanOut(self._subs, kind, activity_id, frame, received, overflow))
         elif kind == RESYNC:
             self.resync_all(event.ref or "bus")
-            return
         else:
-            frame = encode_frame(kind, event.ref)
-            coalesced = 0
-            for sub in self._subs:
-                coalesced += sub.offer_state(kind, frame, received)
-            if coalesced:
-                metrics.EVENTS_COALESCED.labels(kind).inc(coalesced)
-        metrics.FRAMES_FANNED_OUT.labels(kind).inc(len(self._subs))
+            self._fan_out(_FanOut(self._subs, kind, 0, encode_frame(kind, event.ref), received))
 
     def resync_all(self, reason: str) -> None:
         """Every stream must re-read everything (e.g. the listener missed notifications)."""
         self.resync_generation += 1
         frame = encode_frame(RESYNC, reason, event_id=self.newest_activity_id)
-        for sub in self._subs:
-            sub.offer_resync(frame)
+        self._fan_out(_FanOut(self._subs, RESYNC, 0, frame, time.monotonic()))
         metrics.RESYNCS_SENT.labels(reason).inc(len(self._subs))
+
+    # -- fan-out in slices ---------------------------------------------------------------
+
+    def _fan_out(self, job: _FanOut) -> None:
+        """Offer a frame to every stream, in event order, `FANOUT_SLICE` streams per pass
+        of the event loop: one event to 5,000 streams would otherwise hold a worker for
+        tens of milliseconds, and every request that arrived meanwhile (a POST) waits."""
+        self._backlog.append(job)
+        if len(self._backlog) == 1:
+            self._pump()
+
+    def _pump(self) -> None:
+        budget = FANOUT_SLICE
+        backlog = self._backlog
+        while backlog and budget > 0:
+            job = backlog[0]
+            budget -= job.run(budget)
+            if job.done:
+                backlog.popleft()
+                metrics.FRAMES_FANNED_OUT.labels(job.kind).inc(len(job.subs))
+                if job.coalesced:
+                    metrics.EVENTS_COALESCED.labels(job.kind).inc(job.coalesced)
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def ping_all(self) -> None:
         frame = encode_frame(PING, "")
