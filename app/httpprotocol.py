@@ -264,6 +264,8 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             return False
         if self._answering() or self.pipeline or self.transport.is_closing():
             return False
+        if self.flow.write_paused:  # the client is not reading: the usual way waits for it
+            return False
         if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
             return False
         answer = door.item_from_memory(self.url, self.headers, method == b"HEAD")

@@ -9,10 +9,12 @@ its notification arrives, before the pages ask for it.
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Callable
 
 import httpx
+import psutil
 from support.probes import eventually, metric
 from support.rawconn import RawConnection
 from support.server import AppServer
@@ -151,3 +153,35 @@ async def test_a_new_item_is_read_once_when_its_notification_arrives(
         unwarmed = await visitor.get(f"/fragments/activity/{quiet}", headers=HTML)
         assert unwarmed.status_code == 200
         assert await metric(base, IN_PROTOCOL) == before + 1  # rendered by the handler
+
+
+async def test_a_client_that_asks_for_items_and_never_reads_holds_little_memory(
+    app_server: AppServerFactory,
+) -> None:
+    """Pipelined item requests from a client that reads nothing: once its socket is full
+    the server stops answering from memory and, the usual way, stops reading it, instead
+    of queueing answers (about 1.3 KiB each) without bound."""
+    server = await asyncio.to_thread(app_server, workers=1)
+    base = server.base_url
+    async with await Visitor.arrive(base) as visitor:
+        path = f"/fragments/activity/{await _new_item(visitor, 'x' * 200)}"
+        assert (await visitor.get(path, headers=HTML)).status_code == 200  # now cached
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    rss_before = psutil.Process(server.pid).memory_info().rss
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    sent = 0
+    try:
+        async with asyncio.timeout(8):  # sends stop once the server stops reading
+            while sent < 40_000:
+                await loop.sock_sendall(sock, request * 100)
+                sent += 100
+    except TimeoutError:
+        pass
+    await asyncio.sleep(1)
+    grown = psutil.Process(server.pid).memory_info().rss - rss_before
+    sock.close()
+    # Answering all that was sent would take sent x 1.3 KiB (over 50 MB for 40,000).
+    assert grown < 12 * 1024 * 1024, f"{sent} requests sent, RSS grew {grown >> 20} MiB"
