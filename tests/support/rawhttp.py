@@ -49,9 +49,15 @@ class ClientSide:
         self.ended = False
 
     def request(self, method: str, target: str, headers: Mapping[str, str]) -> bytes:
-        """The bytes of a request without a body, and h11 now waits for its answer."""
+        """The bytes of a request without a body, and h11 now waits for its answer.
+
+        Text goes out as latin-1 (h11 would take ASCII only): hostile tests send any byte
+        that HTTP allows in a target or a header value."""
         self._next_cycle()
-        request = h11.Request(method=method, target=target, headers=list(headers.items()))
+        fields = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+        ]
+        request = h11.Request(method=method, target=target.encode("latin-1"), headers=fields)
         return self._conn.send(request) + (self._conn.send(h11.EndOfMessage()) or b"")
 
     def expect_response(self, method: str = "GET") -> None:
