@@ -243,10 +243,8 @@ class Recorder(StreamSink):
         return self.pools[(index // self.group) % len(self.pools)]
 
     def _get(self, index: int, path: str) -> bytes:
-        return (
-            f"GET {path} HTTP/1.1\r\nHost: {net.HOST}:{self.port}\r\n"
-            f"Cookie: {self.cookies[index]}\r\nHX-Request: true\r\nAccept: text/html\r\n\r\n"
-        ).encode()
+        headers = {"Cookie": self.cookies[index], "HX-Request": "true", "Accept": "text/html"}
+        return net.request_bytes("GET", path, self.port, headers)
 
     # -- activity -------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 One process drives thousands of sockets, so everything here is an `asyncio.Protocol`
 with no task per request or per stream. `httptools` (the C parser uvicorn uses) does the
-HTTP framing and de-chunking; the SSE parsing is ours and takes the data in place.
+HTTP framing and de-chunking; the SSE parsing is ours and takes the data in place
+(`bench/sse_conn.py`). Requests are formatted here too: h11 would cost more per request
+than the rest of a fetch's client side, and the load sends one per event per client.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
+from support.rawhttp import event_stream_headers
+
+from bench.sse_conn import SseConnection
+from bench.sse_conn import now as now  # the one clock, for those importing it from here
 
 HOST = "127.0.0.1"
-now = time.perf_counter  # one clock for write send times and receive times
 
 # callback(status, body, sent_at, done_at); status 0 means the connection failed
 Done = Callable[[int, bytes, float, float], None]
@@ -41,15 +46,8 @@ def request_bytes(
 
 def stream_requests(port: int, cookies: list[str], cursor: int) -> list[bytes]:
     """One `GET /events` per cookie, opened as the page opens its stream (at the cursor)."""
-    return [
-        request_bytes(
-            "GET",
-            f"/events?last_event_id={cursor}",
-            port,
-            {"Cookie": cookie, "Accept": "text/event-stream", "Cache-Control": "no-cache"},
-        )
-        for cookie in cookies
-    ]
+    path = f"/events?last_event_id={cursor}"
+    return [request_bytes("GET", path, port, event_stream_headers(cookie)) for cookie in cookies]
 
 
 @dataclass
@@ -298,87 +296,26 @@ class StreamSink:
         """A `counter` event."""
 
 
-class SseStream(asyncio.Protocol):
-    """One client's `GET /events`: HTTP/1.1, de-chunked by httptools, SSE parsed here."""
+class SseStream(SseConnection):
+    """One load client's `GET /events`: counts frames and hands events to the sink."""
 
-    __slots__ = (
-        "_at",
-        "_buf",
-        "closed",
-        "events",
-        "index",
-        "opened",
-        "parser",
-        "request",
-        "sink",
-        "status",
-        "transport",
-    )
+    __slots__ = ("events", "index", "sink")
 
     def __init__(self, index: int, request: bytes, sink: StreamSink) -> None:
+        super().__init__(request)
         self.index = index
-        self.request = request
         self.sink = sink
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.opened = asyncio.get_running_loop().create_future()
-        self.closed = False
         self.events = 0
-        self._buf = b""
-        self._at = 0.0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        self._at = now()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.close()
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if not self.opened.done():
-            self.opened.set_result(self.status)
-
-    def on_body(self, body: bytes) -> None:
-        buf = self._buf + body if self._buf else body
-        if b"\r" in buf:  # Litestar's encoder separates lines with CRLF, Ripple with LF
-            buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._frame(buf[start:end])
-            start = end + 2
-        self._buf = buf[start:]
-
-    def _frame(self, frame: bytes) -> None:
+    def on_frame(self, frame: bytes) -> None:
         # Events carry an id only (the contract), so one search per kind is enough; this
         # runs for every event at every client, the load generator's own hot path.
         self.events += 1
         if b"event: activity" in frame:
             data = frame[frame.rfind(b"data:") + 5 :].split(b"\n", 1)[0]
-            self.sink.on_activity(self, int(data), self._at)
+            self.sink.on_activity(self, int(data), self.heard)
         elif b"event: counter" in frame:
-            self.sink.on_counter(self, self._at)
-
-    def on_message_complete(self) -> None:
-        self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if not self.opened.done():
-            self.opened.set_result(0)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+            self.sink.on_counter(self, self.heard)
 
 
 async def open_streams(

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from support.paths import REPO_ROOT
 from support.ports import raise_open_file_limit
 
@@ -24,7 +25,7 @@ from bench import load
 from bench.chaos import Chaos
 from bench.checker import check, read_expected, read_facts, timing_notes, verdict
 from bench.net import now
-from bench.soak_clients import ErrorLog, StreamClient, Writer, start_cursor, wait_until
+from bench.soak_clients import ErrorLog, StreamClient, Writer, start_cursor
 from bench.soak_pages import Pages, converge
 from bench.soak_report import chart, timeline
 from bench.soak_topology import Topology
@@ -97,7 +98,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
         # Writers' and readers' identities come from GET /, as a browser's do.
         writer_visitors = await load.get_visitors(a, options.writer_visitors)
         writer = Writer(
-            [a, b], [(v.cookie, v.csrf) for v in writer_visitors], errors,
+            [a, b], writer_visitors, errors,
             rate=options.rate, increment_rate=options.increment_rate,
         )  # fmt: skip
         for serial in range(5):  # a feed that is not empty, so the cursors are not 0
@@ -106,14 +107,15 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
         readers = await load.get_visitors(a, options.stream_visitors)
         # 2 of 5 streams on a, 2 on b, 1 on b through the client link.
         placement = [a, a, b, b, via]
-        cursors = {v.cookie: await start_cursor(a, v.cookie) for v in readers}
+        async with httpx.AsyncClient() as http:
+            cursors = {v.cookie: await start_cursor(http, a, v.cookie) for v in readers}
         for index in range(options.streams):
             visitor = readers[index % len(readers)]
             port = placement[index % len(placement)]
             cursor = cursors[visitor.cookie]
             clients.append(StreamClient(index, port, visitor.cookie, cursor, errors))
         tasks = await _connect_all(clients, stop)
-        connected = await wait_until(lambda: all(c.opens for c in clients), 90)
+        connected = await load.wait_until(lambda: all(c.opens for c in clients), 90, step=0.1)
         if not connected:
             raise RuntimeError(
                 f"only {sum(1 for c in clients if c.opens)} of {len(clients)} streams opened"
@@ -144,7 +146,7 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
         # -- settling: every client back and caught up (bounded) --------------------------
         facts = await read_facts(topology.direct_url)
         newest = facts.visible[-1] if facts.visible else 0
-        settled = await wait_until(
+        settled = await load.wait_until(
             lambda: all(
                 c.connected and c.high_water >= newest and not c.reread_pending for c in clients
             ),
@@ -155,11 +157,13 @@ async def run_soak(options: SoakOptions) -> dict[str, Any]:
         await asyncio.gather(*(c.settle_reread(10) for c in clients))
         gate = asyncio.Semaphore(50)
 
-        async def read_counter(client: StreamClient) -> None:
-            async with gate:
-                await client.read_counter()
+        async with httpx.AsyncClient() as http:
 
-        await asyncio.gather(*(read_counter(c) for c in clients))
+            async def read_counter(client: StreamClient) -> None:
+                async with gate:
+                    await client.read_counter(http)
+
+            await asyncio.gather(*(read_counter(c) for c in clients))
         page_results = (
             await converge(
                 pages, lambda: read_expected(topology.direct_url), options.page_timeout,

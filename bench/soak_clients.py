@@ -8,8 +8,9 @@ stream; on `resync` it re-reads the feed (`/fragments/activity?after=cursor`, JS
 until it has everything up to the resync's id. It records every activity id with its
 arrival time, every resync, and every id it re-read.
 
-Written on `asyncio.Protocol` like bench/net.py (one process holds hundreds of streams),
-but its own parser: every field (`id:`, `event:`, `data:`, `retry:`) matters here.
+On the benchmark's stream protocol (bench/sse_conn.py: one process holds hundreds of
+streams), with its own frame reading: every field (`id:`, `event:`, `data:`, `retry:`)
+matters here.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import json
 import random
 import re
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import httptools
+import httpx
+from support.rawhttp import event_stream_headers
 
 from bench import net
-from bench.net import now
+from bench.load import Visitor, post_request
+from bench.sse_conn import SseConnection, now
 
 SILENCE_SECONDS = 35.0  # static/app.js SILENCE_MS
 MAX_DELAY_SECONDS = 60.0
@@ -56,53 +58,18 @@ class ErrorLog:
 # -- one connection ---------------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One `GET /events`: the response head, then frames handed to the client."""
+class _Connection(SseConnection):
+    """One `GET /events` of a soak client: every field of every frame goes to the client."""
 
     def __init__(self, client: StreamClient, request: bytes) -> None:
+        super().__init__(request)
         self.client = client
-        self.request = request
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[int] = loop.create_future()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.status = 0
-        self._buf = b""
 
     def itself(self) -> _Connection:
         """The protocol factory `create_connection` wants, for this one connection."""
         return self
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        self.client.heard = now()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.close()
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if not self.opened.done():
-            self.opened.set_result(self.status)
-
-    def on_body(self, body: bytes) -> None:
-        if self.status != 200:
-            return
-        buf = self._buf + body if self._buf else body
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        while (end := buf.find(b"\n\n", start)) >= 0:
-            self._frame(buf[start:end])
-            start = end + 2
-        self._buf = buf[start:]
-
-    def _frame(self, frame: bytes) -> None:
+    def on_frame(self, frame: bytes) -> None:
         if frame.startswith(b"event: activity\nid: "):  # the common frame, read cheaply
             head, _, rest = frame[20:].partition(b"\n")
             if rest.startswith(b"data: ") and b"\n" not in rest and head.isdigit():
@@ -125,19 +92,6 @@ class _Connection(asyncio.Protocol):
             elif name == "retry" and value.isdigit():
                 retry = int(value)
         self.client.on_frame(event, event_id, data, retry)
-
-    def on_message_complete(self) -> None:
-        self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_result(0)
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 # -- a client ---------------------------------------------------------------------------
@@ -170,13 +124,17 @@ class StreamClient:
         self.counter_times: array[float] = array("d")
         self.counter_read: int | None = None
         self.connected = False
-        self.heard = 0.0
         self._conn: _Connection | None = None
         # What happened to this stream, for the report of a client that lost something:
         # (time, what, number): opened/dropped (ids so far), resync (its id), reread (first id).
         self.history: list[tuple[float, str, int]] = []
 
     # -- what arrives --------------------------------------------------------------------
+
+    @property
+    def heard(self) -> float:
+        """When the stream's last bytes arrived (or it opened)."""
+        return self._conn.heard if self._conn is not None else 0.0
 
     def on_activity(self, event_id: int, item_id: int) -> None:
         self.last_event_id = str(event_id)
@@ -259,27 +217,24 @@ class StreamClient:
             raise ConnectionError(f"status {answer.status}")
         return [int(item["id"]) for item in json.loads(answer.body)["items"]]
 
-    async def read_counter(self) -> int | None:
-        raw = net.request_bytes(
-            "GET", "/fragments/counter", self.port,
-            {"Cookie": self.cookie, "Accept": "application/json"},
-        )  # fmt: skip
+    async def read_counter(self, http: httpx.AsyncClient) -> int | None:
+        """The counter as the page re-reads it (a check after the run, not measured load)."""
+        url = f"http://{net.HOST}:{self.port}/fragments/counter"
+        headers = {"Cookie": self.cookie, "Accept": "application/json"}
         try:
-            answer = await net.fetch(self.port, raw, timeout=10)
-            if answer.status == 200:
-                self.counter_read = int(json.loads(answer.body)["value"])
+            answer = await http.get(url, headers=headers, timeout=10)
+            if answer.status_code == 200:
+                self.counter_read = int(answer.json()["value"])
             else:
-                self.errors.add(f"counter_read_{answer.status}")
-        except (OSError, TimeoutError, ValueError, KeyError, ConnectionError) as exc:
+                self.errors.add(f"counter_read_{answer.status_code}")
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
             self.errors.add(f"counter_read_{type(exc).__name__}")
         return self.counter_read
 
     # -- the connection loop -------------------------------------------------------------
 
     def _request(self) -> bytes:
-        headers = {"Cookie": self.cookie, "Accept": "text/event-stream"}
-        if self.last_event_id:
-            headers["Last-Event-ID"] = self.last_event_id
+        headers = event_stream_headers(self.cookie, self.last_event_id)
         path = f"/events?last_event_id={self.start_cursor}"
         return net.request_bytes("GET", path, self.port, headers)
 
@@ -318,7 +273,6 @@ class StreamClient:
                 (now(), f"opened on {self.port}, Last-Event-ID", int(self.last_event_id or 0))
             )
             self.connected = True
-            self.heard = now()
             ended = await self._hold(conn, stop)
             self.connected = False
             if ended == "stop":
@@ -359,13 +313,13 @@ class StreamClient:
             self._reread_task.cancel()
 
 
-async def start_cursor(port: int, cookie: str) -> int:
+async def start_cursor(http: httpx.AsyncClient, port: int, cookie: str) -> int:
     """The page's starting cursor (the newest item it rendered), from `GET /`."""
-    raw = net.request_bytes("GET", "/", port, {"Cookie": cookie, "Accept": "text/html"})
-    answer = await net.fetch(port, raw, timeout=15)
-    match = CURSOR.search(answer.body)
-    if answer.status != 200 or match is None:
-        raise RuntimeError(f"GET / answered {answer.status} without a cursor")
+    headers = {"Cookie": cookie, "Accept": "text/html"}
+    answer = await http.get(f"http://{net.HOST}:{port}/", headers=headers, timeout=15)
+    match = CURSOR.search(answer.content)
+    if answer.status_code != 200 or match is None:
+        raise RuntimeError(f"GET / answered {answer.status_code} without a cursor")
     return int(match.group(1))
 
 
@@ -398,7 +352,7 @@ class Writer:
     def __init__(
         self,
         ports: list[int],
-        visitors: list[tuple[str, str]],  # (cookie header, csrf token)
+        visitors: list[Visitor],
         errors: ErrorLog,
         rate: float = 20.0,
         increment_rate: float = 2.0,
@@ -418,17 +372,9 @@ class Writer:
 
     def _request(self, serial: int, kind: str) -> tuple[int, bytes]:
         port = self.ports[serial % len(self.ports)]
-        cookie, csrf = self.visitors[serial % len(self.visitors)]
-        headers = {
-            "Cookie": cookie,
-            "x-csrftoken": csrf,
-            "Accept": "application/json",
-            "Content-Type": "application/x-www-form-urlencoded",
-        }
-        if kind == "post":
-            body = f"message=soak+{serial}".encode()
-            return port, net.request_bytes("POST", "/activity", port, headers, body)
-        return port, net.request_bytes("POST", "/counter/increment", port, headers, b"")
+        visitor = self.visitors[serial % len(self.visitors)]
+        what = "activity" if kind == "post" else "increment"
+        return port, post_request(port, visitor, what, serial)
 
     async def _one(self, writes: Writes, port: int, raw: bytes) -> None:
         sent = now()
@@ -479,15 +425,3 @@ class Writer:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in self._tasks:
             task.cancel()
-
-
-Check = Callable[[], bool]
-
-
-async def wait_until(check: Check, timeout: float, step: float = 0.1) -> bool:
-    end = now() + timeout
-    while now() < end:
-        if check():
-            return True
-        await asyncio.sleep(step)
-    return check()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from support import database
 from support.probes import eventually, metric
 from support.server import AppServer
-from support.sse_parse import ChunkedDecoder, FrameParser, SSEEvent, Utf8Decoder
+from support.sse_parse import FrameParser, SSEEvent, Utf8Decoder
 from support.stalled import StalledStream
 from support.visitors import Visitor
 
@@ -24,7 +24,7 @@ class Reader:
 
     def __init__(self, stalled: StalledStream) -> None:
         self.sock = stalled.sock
-        self.chunks, self.text, self.frames = ChunkedDecoder(), Utf8Decoder(), FrameParser()
+        self.http, self.text, self.frames = stalled.http, Utf8Decoder(), FrameParser()
         self.events: list[SSEEvent] = []
 
     async def until(self, done: Callable[[SSEEvent], bool], timeout: float) -> None:
@@ -36,7 +36,7 @@ class Reader:
             # Small reads keep the incremental parsers' buffers small.
             data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), left)
             assert data, f"the server closed the stream; last events {self.events[-3:]}"
-            for event in self.frames.feed(self.text.decode(self.chunks.feed(data))):
+            for event in self.frames.feed(self.text.decode(self.http.feed(data))):
                 self.events.append(event)
                 if done(event):
                     return

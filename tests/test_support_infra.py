@@ -15,20 +15,25 @@ import pytest
 from support import database
 from support.cluster import PgCluster
 from support.pgbouncer import PgBouncer
+from support.rawhttp import ClientSide
 from support.server import AppServer, ServerStartError
-from support.sse import ChunkedDecoder, FrameParser, SSEClient, StreamClosed
+from support.sse import FrameParser, SSEClient, StreamClosed
 from support.stalled import StalledStream
 
 # -- SSE parsing -----------------------------------------------------------------------------
 
 
-def test_chunked_decoder_reassembles_chunks_split_anywhere() -> None:
-    wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n"
+def test_client_side_reads_a_chunked_answer_split_anywhere() -> None:
+    head = b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n"
+    wire = head + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n"
     for step in (1, 2, 3, len(wire)):
-        decoder = ChunkedDecoder()
-        out = b"".join(decoder.feed(wire[i : i + step]) for i in range(0, len(wire), step))
+        http = ClientSide()
+        http.request("GET", "/events", {"Host": "127.0.0.1"})
+        out = b"".join(http.feed(wire[i : i + step]) for i in range(0, len(wire), step))
         assert out == b"hello, world"
-        assert decoder.done
+        assert http.ended
+        assert http.status == 200
+        assert http.headers["set-cookie"] == "a=1, b=2"
 
 
 def test_frame_parser_follows_the_sse_rules() -> None:

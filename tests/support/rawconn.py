@@ -1,7 +1,7 @@
 """One raw HTTP/1.1 connection: send exact bytes, read responses, notice when it is closed.
 
 For tests of the server's edge (head size, head deadline, keep-alive, pipelining), where an
-HTTP library would normalise, buffer or retry what is sent.
+HTTP library would normalise, buffer or retry what is sent. What comes back is read by h11.
 """
 
 import asyncio
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Self
 from urllib.parse import urlsplit
 
-from .rawhttp import HeaderMap, parse_head
+from .rawhttp import ClientSide, HeaderMap
 
 CLOSED = (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError)
 
@@ -23,7 +23,9 @@ class RawResponse:
 
 
 def canonical_head(path: str, headers: list[tuple[str, str]], method: str = "GET") -> bytes:
-    """A request head in the canonical form: request line, "name: value" lines, empty line."""
+    """A request head in the canonical form: request line, "name: value" lines, empty line.
+
+    Written by hand: the head-size tests need its exact length, whatever h11 would add."""
     lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -33,6 +35,7 @@ class RawConnection:
         self.reader = reader
         self.writer = writer
         self.opened_at = time.monotonic()
+        self._http = ClientSide()
 
     @classmethod
     async def open(cls, base_url: str, timeout: float = 5.0) -> Self:
@@ -46,19 +49,21 @@ class RawConnection:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def read_response(self, timeout: float = 10.0) -> RawResponse:
-        """One response with a Content-Length or chunked body."""
+    async def read_response(self, timeout: float = 10.0, method: str = "GET") -> RawResponse:
+        """The next response (to a request of `method`), with its body de-chunked; one
+        pipelined behind it stays buffered for the next call."""
+        http = self._http
+        http.expect_response(method)
 
         async def read() -> RawResponse:
-            status, headers = parse_head((await self.reader.readuntil(b"\r\n\r\n"))[:-4])
-            if "chunked" in headers.get("transfer-encoding", ""):
-                body = b""
-                while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
-                    body += (await self.reader.readexactly(size + 2))[:-2]
-                await self.reader.readuntil(b"\r\n")
-            else:
-                body = await self.reader.readexactly(int(headers.get("content-length", "0")))
-            return RawResponse(status, headers, body)
+            body = bytearray(http.feed(b""))
+            while not http.ended:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise asyncio.IncompleteReadError(bytes(body), None)
+                body += http.feed(data)
+            assert http.status is not None
+            return RawResponse(http.status, http.headers, bytes(body))
 
         return await asyncio.wait_for(read(), timeout)
 

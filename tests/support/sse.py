@@ -1,10 +1,11 @@
 """A server-sent events client over a raw socket, so tests see exactly what the server sends.
 
-An HTTP library would hide the framing (chunking, partial frames, when the connection really
-closed); this client speaks HTTP/1.1 itself, de-chunks the body and parses frames as the SSE
-specification says a browser does: ``event``/``id``/``data``/``retry`` fields, ``:`` comments
-ignored, a frame without data not dispatched. A background task reads the socket all the time,
-as a browser does, so a test that looks away for a while is not a slow client.
+An HTTP client library would hide the connection (partial frames, when it really closed, a
+reset); this client keeps the socket, lets h11 frame HTTP/1.1 and de-chunk the body, and
+parses frames as the SSE specification says a browser does: ``event``/``id``/``data``/
+``retry`` fields, ``:`` comments ignored, a frame without data not dispatched. A background
+task reads the socket all the time, as a browser does, so a test that looks away for a while
+is not a slow client.
 """
 
 import asyncio
@@ -15,10 +16,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Self
 
-from .rawhttp import HeaderMap, build_request, parse_head
-from .sse_parse import ChunkedDecoder, FrameParser, SSEEvent, Utf8Decoder
+import h11
 
-__all__ = ["ChunkedDecoder", "FrameParser", "SSEClient", "SSEEvent", "StreamClosed"]
+from .rawhttp import ClientSide, Cookies, cookie_header, event_stream_headers, host_and_port
+from .sse_parse import FrameParser, SSEEvent, Utf8Decoder
+
+__all__ = ["FrameParser", "SSEClient", "SSEEvent", "StreamClosed", "open_stream_request"]
 
 
 class StreamClosed(Exception):
@@ -37,15 +40,16 @@ class SSEClient:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        status: int,
-        headers: HeaderMap,
-        leftover: bytes,
+        http: ClientSide,
+        first_body: bytes,
     ) -> None:
-        self.status = status
-        self.headers = headers
+        assert http.status is not None
+        self.status = http.status
+        self.headers = http.headers
         self.events: list[SSEEvent] = []  # every event received, in order
         self.body = bytearray()  # the de-chunked body, kept only when status is not 200
         self.parser = FrameParser()
+        self._http = http
         self._reader = reader
         self._writer = writer
         self._queue: asyncio.Queue[SSEEvent | None] = asyncio.Queue()
@@ -54,7 +58,7 @@ class SSEClient:
         # The server ended the body itself (a chunked stream's last chunk arrived), rather
         # than the connection being cut.
         self.ended_cleanly = False
-        self._task = asyncio.create_task(self._read(leftover))
+        self._task = asyncio.create_task(self._read(first_body))
 
     @classmethod
     async def connect(
@@ -63,23 +67,29 @@ class SSEClient:
         path: str = "/events",
         *,
         headers: Mapping[str, str] | None = None,
-        cookies: Mapping[str, str] | str | None = None,
+        cookies: Cookies = None,
         timeout: float = 10.0,
     ) -> Self:
         """Send the request and read the response head; the body is read in the background."""
-        host, port, request = build_request(base_url, path, headers, cookies)
+        host, port = host_and_port(base_url)
+        http = ClientSide()
+        request = open_stream_request(http, base_url, path, headers, cookies)
 
         async def handshake() -> Self:
             reader, writer = await asyncio.open_connection(host, port)
             try:
                 writer.write(request)
                 await writer.drain()
-                head = await reader.readuntil(b"\r\n\r\n")
+                first_body = b""
+                while http.status is None:
+                    data = await reader.read(65536)
+                    if not data:
+                        raise StreamClosed("connection closed during the response head")
+                    first_body += http.feed(data)
             except BaseException:
                 writer.close()
                 raise
-            status, response_headers = parse_head(head[:-4])
-            return cls(reader, writer, status, response_headers, b"")
+            return cls(reader, writer, http, first_body)
 
         return await asyncio.wait_for(handshake(), timeout)
 
@@ -91,7 +101,7 @@ class SSEClient:
         path: str = "/events",
         *,
         headers: Mapping[str, str] | None = None,
-        cookies: Mapping[str, str] | str | None = None,
+        cookies: Cookies = None,
         timeout: float = 10.0,
     ) -> AsyncIterator[Self]:
         client = await cls.connect(
@@ -104,40 +114,30 @@ class SSEClient:
 
     # -- background reading ----------------------------------------------------------------
 
-    async def _read(self, leftover: bytes) -> None:
-        chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
-        length_header = self.headers.get("content-length")
-        remaining = int(length_header) if length_header and not chunked else None
-        decoder = ChunkedDecoder() if chunked else None
+    async def _read(self, body: bytes) -> None:
         text = Utf8Decoder()
-        data = leftover
         try:
             while True:
-                if data:
-                    if decoder is not None:
-                        body = decoder.feed(data)
-                    elif remaining is not None:
-                        body, remaining = data[:remaining], remaining - len(data[:remaining])
-                    else:
-                        body = data
-                    self._take(text.decode(body))
-                    if (decoder is not None and decoder.done) or remaining == 0:
-                        self.ended_cleanly = True
-                        break
+                if body:
+                    self._take(body, text)
+                if self._http.ended:
+                    self.ended_cleanly = True
+                    break
                 data = await self._reader.read(65536)
                 if not data:
                     break
-        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                body = self._http.feed(data)
+        except (OSError, h11.RemoteProtocolError) as exc:
             self.error = exc
         finally:
             self._closed.set()
             self._queue.put_nowait(None)
 
-    def _take(self, text: str) -> None:
+    def _take(self, body: bytes, text: Utf8Decoder) -> None:
         if self.status != 200:
-            self.body += text.encode()
+            self.body += body
             return
-        for event in self.parser.feed(text):
+        for event in self.parser.feed(text.decode(body)):
             self.events.append(event)
             self._queue.put_nowait(event)
 
@@ -237,3 +237,16 @@ class SSEClient:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._task.cancel()
         self._writer.transport.abort()
+
+
+def open_stream_request(
+    http: ClientSide,
+    base_url: str,
+    path: str,
+    headers: Mapping[str, str] | None,
+    cookies: Cookies,
+) -> bytes:
+    """The ``GET`` that opens a stream, as a page's ``EventSource`` sends it (plus `headers`)."""
+    host, port = host_and_port(base_url)
+    fields = {"Host": f"{host}:{port}", **event_stream_headers(cookie_header(cookies))}
+    return http.request("GET", path, {**fields, **(headers or {})})

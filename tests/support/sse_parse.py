@@ -1,6 +1,8 @@
-"""Incremental parsers for an event stream body: HTTP chunked decoding, then SSE frames.
+"""The incremental SSE parser of an event stream body (already de-chunked, by h11).
 
-Both are fed whatever bytes or text arrived, split anywhere, and return what is complete.
+It is fed whatever text arrived, split anywhere, and returns the events that are complete.
+Ours, not a library's: `httpx-sse` drops comments (tests read the pings), dispatches frames
+without data, and splits lines on every Unicode line break where the spec names CR, LF, CRLF.
 """
 
 import codecs
@@ -15,57 +17,6 @@ class SSEEvent:
     id: str | None = None  # the ``id:`` field of this frame, None when it had none
     retry: int | None = None  # the ``retry:`` field of this frame
     received_at: float = field(default=0.0, compare=False)
-
-
-class ChunkedDecoder:
-    """Incremental decoder for ``Transfer-Encoding: chunked``."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._remaining = 0  # bytes of chunk data still to come
-        self._state = "size"  # size | data | data_crlf | trailers | done
-
-    @property
-    def done(self) -> bool:
-        return self._state == "done"
-
-    def feed(self, data: bytes) -> bytes:
-        self._buffer += data
-        out = bytearray()
-        while True:
-            if self._state == "size":
-                line, sep, rest = self._buffer.partition(b"\r\n")
-                if not sep:
-                    break
-                self._buffer = rest
-                self._remaining = int(line.split(b";", 1)[0].strip(), 16)
-                self._state = "data" if self._remaining else "trailers"
-            elif self._state == "data":
-                if not self._buffer:
-                    break
-                piece = self._buffer[: self._remaining]
-                self._buffer = self._buffer[len(piece) :]
-                self._remaining -= len(piece)
-                out += piece
-                if self._remaining == 0:
-                    self._state = "data_crlf"
-            elif self._state == "data_crlf":
-                if len(self._buffer) < 2:
-                    break
-                if self._buffer[:2] != b"\r\n":
-                    raise ValueError(f"bad chunk terminator {self._buffer[:2]!r}")
-                self._buffer = self._buffer[2:]
-                self._state = "size"
-            elif self._state == "trailers":
-                line, sep, rest = self._buffer.partition(b"\r\n")
-                if not sep:
-                    break
-                self._buffer = rest
-                if not line:
-                    self._state = "done"
-            else:
-                break
-        return bytes(out)
 
 
 class FrameParser:

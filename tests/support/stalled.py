@@ -1,4 +1,8 @@
-"""A stream request that stops reading: a slow or frozen client, for back-pressure tests."""
+"""A stream request that stops reading: a slow or frozen client, for back-pressure tests.
+
+It keeps a plain non-blocking socket (not a stream reader, which would read ahead) and reads
+the response head byte by byte, so nothing past the head leaves the kernel's buffer.
+"""
 
 import asyncio
 import fcntl
@@ -8,8 +12,8 @@ import termios
 from collections.abc import Mapping
 from typing import Self
 
-from .rawhttp import HeaderMap, build_request, parse_head
-from .sse import StreamClosed
+from .rawhttp import ClientSide, Cookies, host_and_port
+from .sse import StreamClosed, open_stream_request
 
 
 class StalledStream:
@@ -19,10 +23,12 @@ class StalledStream:
     makes the server's sends back up within a few kilobytes: a slow or frozen client.
     """
 
-    def __init__(self, sock: socket.socket, status: int, headers: HeaderMap) -> None:
+    def __init__(self, sock: socket.socket, http: ClientSide) -> None:
+        assert http.status is not None
         self.sock = sock
-        self.status = status
-        self.headers = headers
+        self.http = http  # reads on from the head: `http.feed(data)` gives the body, de-chunked
+        self.status = http.status
+        self.headers = http.headers
 
     @classmethod
     async def open(
@@ -31,11 +37,13 @@ class StalledStream:
         path: str = "/events",
         *,
         headers: Mapping[str, str] | None = None,
-        cookies: Mapping[str, str] | str | None = None,
+        cookies: Cookies = None,
         rcvbuf: int = 4096,
         timeout: float = 10.0,
     ) -> Self:
-        host, port, request = build_request(base_url, path, headers, cookies)
+        host, port = host_and_port(base_url)
+        http = ClientSide()
+        request = open_stream_request(http, base_url, path, headers, cookies)
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -44,14 +52,12 @@ class StalledStream:
         async def handshake() -> Self:
             await loop.sock_connect(sock, (host, port))
             await loop.sock_sendall(sock, request)
-            head = b""
-            while b"\r\n\r\n" not in head:
+            while http.status is None:
                 data = await loop.sock_recv(sock, 1)  # byte by byte: read nothing past the head
                 if not data:
-                    raise StreamClosed(f"connection closed during the response head: {head!r}")
-                head += data
-            status, response_headers = parse_head(head[:-4])
-            return cls(sock, status, response_headers)
+                    raise StreamClosed("connection closed during the response head")
+                http.feed(data)
+            return cls(sock, http)
 
         try:
             return await asyncio.wait_for(handshake(), timeout)
