@@ -44,7 +44,12 @@ class Runtime:
             instance_id=settings.instance_id,
             expiry=settings.presence_expiry_seconds,
         )
-        self.presence = PresenceTracker(self.db, self.worker_id, settings.presence_grace_seconds)
+        self.presence = PresenceTracker(
+            self.db,
+            self.worker_id,
+            settings.presence_grace_seconds,
+            settings.presence_expiry_seconds,
+        )
         self.listener = Listener(
             settings.listen_database,
             self._on_notification,

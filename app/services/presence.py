@@ -2,7 +2,9 @@
 
 Each worker records (worker, visitor) rows while it holds streams for that visitor.
 A leave is written only after a grace period without any stream, so a reload is not
-a leave and a join for everyone. Rows of a worker that died expire with its heartbeat.
+a leave and a join for everyone; and a join or leave is announced only when it changes who
+is online (not while another live worker lists the visitor: a reload whose new stream
+lands on another worker or instance). Rows of a worker that died expire with its heartbeat.
 
 Watching is nearly free of writes: a stream of a visitor not yet recorded records them (a
 visitor row and a presence row, no feed item) only within their client address's allowance
@@ -32,6 +34,15 @@ from app.services.visitors import ensure_recorded, recorded
 from app.workers import NOTIFY_AT_MOST, notify_presence
 
 SHOWN_NAMES = 50
+# Joins and leaves of one visitor take this transaction-scoped lock (two-int advisory keys,
+# apart from the feed's bigint lock and the names' space).
+PRESENCE_LOCK_SPACE = 0x50524553  # "PRES"
+
+
+async def _lock_visitor(session: AsyncSession, vid: uuid.UUID) -> None:
+    await session.execute(
+        select(func.pg_advisory_xact_lock(PRESENCE_LOCK_SPACE, func.hashtext(vid.hex)))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +98,11 @@ class PresenceTracker:
     or lingers as a ghost after an outage.
     """
 
-    def __init__(self, db: Database, worker_id: str, grace: float) -> None:
+    def __init__(self, db: Database, worker_id: str, grace: float, expiry: float) -> None:
         self._db = db
         self._worker_id = worker_id
         self._grace = grace
+        self._expiry = timedelta(seconds=expiry)
         self._streams: dict[uuid.UUID, int] = {}
         self._leaving: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
@@ -147,14 +159,28 @@ class PresenceTracker:
                 await self._insert_row(session, vid)
 
     async def _insert_row(self, session: AsyncSession, vid: uuid.UUID) -> None:
+        await _lock_visitor(session, vid)
         added = await session.scalar(
             insert(PresenceEntry)
             .values(worker_id=self._worker_id, visitor_id=vid)
             .on_conflict_do_nothing()
             .returning(PresenceEntry.visitor_id)
         )
-        if added is not None:
+        if added is not None and not await self._online_elsewhere(session, vid):
             await notify(session, Event(PRESENCE, vid.hex))
+
+    async def _online_elsewhere(self, session: AsyncSession, vid: uuid.UUID) -> bool:
+        """Another live worker lists the visitor: a join or leave here changes no list (a
+        reload that lands on another worker), so it is not announced. Asked under the
+        visitor's lock (`_lock_visitor`), so that of two workers' leaves one announces."""
+        elsewhere = (
+            exists()
+            .where(PresenceEntry.visitor_id == vid)
+            .where(PresenceEntry.worker_id != self._worker_id)
+            .where(PresenceEntry.worker_id == Worker.id)
+            .where(Worker.heartbeat_at > func.now() - self._expiry)
+        )
+        return bool(await session.scalar(select(elsewhere)))
 
     async def _list_recorded(self) -> None:
         """Unlisted visitors who have written since (their visitor row exists) go online."""
@@ -199,6 +225,7 @@ class PresenceTracker:
             if vid in self._streams:
                 return
             async with self._db.transaction() as session:
+                await _lock_visitor(session, vid)
                 gone = await session.scalar(
                     delete(PresenceEntry)
                     .where(
@@ -207,7 +234,7 @@ class PresenceTracker:
                     )
                     .returning(PresenceEntry.visitor_id)
                 )
-                if gone is not None:
+                if gone is not None and not await self._online_elsewhere(session, vid):
                     await notify(session, Event(PRESENCE, vid.hex))
         if vid not in self._streams and vid not in self._leaving:
             self._locks.pop(vid, None)
