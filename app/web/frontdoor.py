@@ -6,7 +6,9 @@ In order, for every request:
 2. `HEAD` is answered as `GET` without the body, on every route;
 3. the two requests every event multiplies are answered here, ahead of Litestar's
    middleware (its send wrappers would run on every frame of every stream and on every
-   item answered from memory): `/events`, and feed items already rendered;
+   item answered from memory): `/events`, and feed items already rendered (or being
+   warmed). Under uvicorn a cached item usually never gets this far: the HTTP protocol
+   asks `item_from_memory`, which builds the same answer, and writes it itself;
 4. everything else goes to Litestar (CSRF, routes, the before-send hook).
 
 Both paths take their headers from app.web.security, their inputs from app.web.params
