@@ -40,7 +40,7 @@ from uvicorn.server import ServerState
 
 from app import metrics
 from app.config import Settings
-from app.realtime import STREAM_SOCKET_EXTENSION, StreamSocket
+from app.realtime import DISCONNECT_EXTENSION, DisconnectNotice
 from app.web.frontdoor import FrontDoor
 from app.web.security import Kind, kind_pairs
 
@@ -88,8 +88,8 @@ class _EdgeState:
         "head_open",
         "head_timer",
         "limits",
+        "notices",
         "read_length",
-        "sockets",
         "too_large",
     )
 
@@ -104,7 +104,7 @@ class _EdgeState:
         self.read_length = 0  # length of the read being parsed
         self.too_large = False
         self.answered_here = False  # this request was answered from memory
-        self.sockets: list[StreamSocket] = []  # the streams' on this connection
+        self.notices: list[DisconnectNotice] = []  # the streams' on this connection
 
 
 class HeadTooLarge(Exception):
@@ -138,8 +138,8 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
-        for socket in self._edge.sockets:
-            socket.lost()
+        for notice in self._edge.notices:
+            notice.lost()
 
     def data_received(self, data: bytes) -> None:
         """As uvicorn's, plus the head's size and deadline once the read is parsed."""
@@ -213,16 +213,12 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge
         if self._edge.door is not None and self._answer_from_memory(self._edge.door):
             return
-        if not self.url.startswith(b"/events"):
-            super().on_headers_complete()
-            return
-        # A stream: it hears of a lost connection from us, and writes frames through us.
-        socket = StreamSocket(self.transport, self.flow)
-        self._edge.sockets.append(socket)
-        extensions: dict[str, Any] = {STREAM_SOCKET_EXTENSION: socket}  # ASGI types: dicts
-        self.scope["extensions"] = extensions
+        if self.url.startswith(b"/events"):  # a stream hears of a lost connection from us
+            notice = DisconnectNotice()
+            self._edge.notices.append(notice)
+            extensions: dict[str, Any] = {DISCONNECT_EXTENSION: notice}  # ASGI types: dicts
+            self.scope["extensions"] = extensions
         super().on_headers_complete()
-        socket.cycle = self.cycle
 
     def on_body(self, body: bytes) -> None:
         if not self._edge.answered_here:

@@ -5,8 +5,7 @@ Nothing outside this package imports past this module.
 
 from app.realtime.hub import Hub, Subscription
 from app.realtime.listener import Listener, ListenerUnusable
-from app.realtime.stream import write_stream
-from app.realtime.streamsocket import STREAM_SOCKET_EXTENSION, StreamSocket
+from app.realtime.stream import DISCONNECT_EXTENSION, DisconnectNotice, write_stream
 from app.realtime.wireformat import (
     ACTIVITY,
     CHANNEL,
@@ -25,16 +24,16 @@ __all__ = [
     "ACTIVITY",
     "CHANNEL",
     "COUNTER",
+    "DISCONNECT_EXTENSION",
     "PING",
     "PRESENCE",
     "RESYNC",
-    "STREAM_SOCKET_EXTENSION",
+    "DisconnectNotice",
     "Event",
     "Hub",
     "Listener",
     "ListenerUnusable",
     "PayloadError",
-    "StreamSocket",
     "Subscription",
     "TransitionError",
     "WriterState",

@@ -31,7 +31,6 @@ from typing import Any
 from litestar.types import Send
 
 from app import metrics
-from app.realtime.streamsocket import StreamSocket
 
 log = logging.getLogger("ripple.stream")
 
@@ -85,7 +84,6 @@ class StreamWriter:
 
     __slots__ = (
         "_send",
-        "_socket",
         "_steps",
         "_waiter",
         "disconnected",
@@ -99,7 +97,6 @@ class StreamWriter:
     def __init__(self, *, sampled: bool) -> None:
         self.state = OPENING
         self._send: Send | None = None
-        self._socket: StreamSocket | None = None  # our protocol's, to write frames at once
         # A direct send that could not finish at once: (its steps, what it last yielded).
         self._steps: tuple[Iterator[Any], Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -140,41 +137,25 @@ class StreamWriter:
     def closed(self) -> bool:
         return self.state is CLOSING or self.state is CLOSED
 
-    def attached(self, send: Send, socket: StreamSocket | None = None) -> None:
+    def attached(self, send: Send) -> None:
         """OPENING -> IDLE | DRAINING: the opening frames are out; from now on the fan-out
-        loop may write while nothing is buffered (through `socket` when the server offers
-        one, app.realtime.streamsocket)."""
+        loop may write while nothing is buffered."""
         self._expect("attached", OPENING, CLOSING)
         self._send = send
-        self._socket = socket
         self._idle_or_draining()
 
     def write_direct(self, chunk: bytes, received: float) -> None:
         """IDLE -> WRITING_DIRECT -> IDLE | WAITING_ON_SOCKET | CLOSING, from the fan-out loop.
 
-        Under our HTTP protocol the frame is written to the transport at once (app.realtime.
-        streamsocket), unless the socket is full or the client gone. Otherwise an ASGI `send`
-        of a body chunk, which normally returns without suspending (the server writes to
-        its transport), is stepped once here, as an event loop steps any awaitable: a
-        coroutine (uvicorn) or a server's own awaitable (granian's has only `__next__`). If
-        it suspends (the client's socket is full), the stream's task finishes it
-        (finish_waiting_send) and later frames queue behind it.
+        An ASGI `send` of a body chunk normally returns without suspending (the server
+        writes to its transport), so it is stepped once here, as an event loop steps any
+        awaitable: a coroutine (uvicorn) or a server's own awaitable (granian's has only
+        `__next__`). If it suspends (the client's socket is full), the stream's task
+        finishes it (finish_waiting_send) and later frames queue behind it.
         """
         if self.state is not IDLE:
             raise TransitionError(f"write_direct from {self.state.name}")
         self.state = WRITING_DIRECT
-        socket = self._socket
-        if socket is not None:
-            try:
-                written = socket.write(chunk)
-            except Exception as exc:  # the connection is broken: end this stream only
-                self._failed(exc)
-                return
-            if written:
-                self.state = IDLE
-                if self.sampled:
-                    metrics.NOTIFY_TO_SEND.observe(time.monotonic() - received)
-                return
         steps = self._send(_body(chunk)).__await__()  # type: ignore[misc,arg-type]
         try:
             awaiting = next(steps)
