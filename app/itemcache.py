@@ -40,6 +40,9 @@ class ItemCache:
     Warming: every open page fetches a new item the moment its stream names it, so the
     worker reads and renders it when the notification arrives (`warm`); a fetch that comes
     before that read ends waits for it (`wait_warm`) rather than making a read of its own.
+    Only while items are being fetched here (`fetched`, set by every fetch of one item by
+    its URL): streams whose clients never fetch (API clients, a benchmark's bare streams)
+    would pay a query and a render per event for nothing.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class ItemCache:
         self._generation = 0
         self._max_warming = max_warming
         self._warming: dict[int, asyncio.Task[None]] = {}
+        self.fetched = False  # an item was fetched by its URL since the last warm
 
     def _adopt(self) -> int:
         """A resync since the last look empties the cache."""
@@ -86,8 +90,11 @@ class ItemCache:
 
         Bounded: past `max_warming` reads at once (a burst of posts), items are left to the
         fetches, which share their reads anyway (app.freshreads)."""
+        if not self.fetched:
+            return  # nobody here fetched the last items: nobody will fetch this one
         if item_id in self._warming or len(self._warming) >= self._max_warming:
             return
+        self.fetched = False
         if self.get(item_id) is not None:
             return
         task = asyncio.create_task(self._warm(item_id, self._generation, load))

@@ -138,26 +138,32 @@ async def test_pipelined_requests_are_answered_in_order_and_a_stream_behind_stay
 async def test_a_new_item_is_read_once_when_its_notification_arrives(
     app_server: AppServerFactory,
 ) -> None:
+    """Warmed while items are being fetched here; a stream whose client fetches nothing
+    (an API client, a bare stream) costs no read per event."""
     server = await asyncio.to_thread(app_server, workers=1)
     base = server.base_url
     async with await Visitor.arrive(base) as visitor:
-        quiet = await _new_item(visitor, "nobody is watching")
-        await asyncio.sleep(0.5)
-        assert await metric(base, WARMED) == 0, "no stream open: nothing to warm"
+        await _new_item(visitor, "nobody is watching")
         async with SSEClient.open(base, cookies=visitor.cookie_header()) as stream:
             await stream.wait_for_event("ping", timeout=5)
+            unfetched = await _new_item(visitor, "nobody fetches this")
+            await stream.wait_for_event("activity", str(unfetched), timeout=5)
+            await asyncio.sleep(0.5)
+            assert await metric(base, WARMED) == 0, "warmed though nobody fetches items"
+
+            before = await metric(base, IN_PROTOCOL)
+            first = await visitor.get(f"/fragments/activity/{unfetched}", headers=HTML)
+            assert first.status_code == 200  # rendered by the handler: it was not warmed
+            assert await metric(base, IN_PROTOCOL) == before
+
             item_id = await _new_item(visitor, "everyone will ask")
             await stream.wait_for_event("activity", str(item_id), timeout=5)
             await eventually(lambda: metric(base, WARMED), lambda n: n == 1, timeout=5)
-            before = await metric(base, IN_PROTOCOL)
-            # The very first ask is answered from memory: the notification rendered it.
-            first = await visitor.get(f"/fragments/activity/{item_id}", headers=HTML)
-            assert first.status_code == 200
-            assert "everyone will ask" in first.text
+            # Its very first ask is answered from memory: the notification rendered it.
+            asked = await visitor.get(f"/fragments/activity/{item_id}", headers=HTML)
+            assert asked.status_code == 200
+            assert "everyone will ask" in asked.text
             assert await metric(base, IN_PROTOCOL) == before + 1
-        unwarmed = await visitor.get(f"/fragments/activity/{quiet}", headers=HTML)
-        assert unwarmed.status_code == 200
-        assert await metric(base, IN_PROTOCOL) == before + 1  # rendered by the handler
 
 
 async def test_a_client_that_asks_for_items_and_never_reads_holds_little_memory(

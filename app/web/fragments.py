@@ -140,6 +140,7 @@ async def activity_item(request: Request[Any, Any, Any], raw_id: FromPath[str]) 
     json = wants_json(request)
     generation = runtime(request).hub.resync_generation
     if not json:  # every page fetches the same item at once: answer from memory
+        runtime(request).item_cache.fetched = True
         cached = runtime(request).item_cache.get(item_id)
         if cached is not None:
             return _item_response(request, cached)

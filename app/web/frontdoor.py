@@ -205,6 +205,7 @@ class FrontDoor(Litestar):
         if not cacheable:
             return False
         cache = rt.item_cache
+        cache.fetched = True
         entry = cache.get(item_id)
         if entry is None and cache.warming(item_id):
             await cache.wait_warm(item_id, WARM_WAIT_SECONDS)
@@ -243,7 +244,9 @@ class FrontDoor(Litestar):
         cacheable, if_none_match = _item_request(headers)
         if not cacheable:
             return None
-        entry = rt.item_cache.get(item_id)
+        cache = rt.item_cache
+        cache.fetched = True
+        entry = cache.get(item_id)
         if entry is None:
             return None
         metrics.ITEMS_SERVED.inc()
