@@ -107,6 +107,11 @@ class _EdgeState:
         self.notices: list[DisconnectNotice] = []  # the streams' on this connection
 
 
+def _answered(notice: DisconnectNotice) -> bool:
+    cycle = notice.cycle
+    return cycle is not None and bool(getattr(cycle, "response_complete", False))
+
+
 class HeadTooLarge(Exception):
     """Raised inside the parser's callback to stop parsing a head over the cap."""
 
@@ -163,7 +168,7 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._edge.head_open:
             self._head_still_arriving()
-        elif not (self._edge.head_timer or self._answering() or self._edge.answered_here):
+        elif not (self._edge.head_timer or self._answering() or self.timeout_keep_alive_task):
             # Bytes that began no request: blank lines between requests (the parser skips
             # them) or the rest of a body already answered. They cancelled the keep-alive
             # timer above, so the wait for the next head starts now.
@@ -213,12 +218,24 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge
         if self._edge.door is not None and self._answer_from_memory(self._edge.door):
             return
-        if self.url.startswith(b"/events"):  # a stream hears of a lost connection from us
-            notice = DisconnectNotice()
-            self._edge.notices.append(notice)
-            extensions: dict[str, Any] = {DISCONNECT_EXTENSION: notice}  # ASGI types: dicts
-            self.scope["extensions"] = extensions
+        if not self._opens_stream():
+            super().on_headers_complete()
+            return
+        # A stream hears of a lost connection from us. Notices of requests answered since
+        # (refused streams, ended ones) are dropped, so a long connection keeps few.
+        notices = self._edge.notices = [n for n in self._edge.notices if not _answered(n)]
+        notice = DisconnectNotice()
+        notices.append(notice)
+        extensions: dict[str, Any] = {DISCONNECT_EXTENSION: notice}  # ASGI types: dicts
+        self.scope["extensions"] = extensions
         super().on_headers_complete()
+        notice.cycle = self.cycle
+
+    def _opens_stream(self) -> bool:
+        url = self.url
+        return (url == b"/events" or url.startswith(b"/events?")) and (
+            self.parser.get_method() == b"GET"
+        )
 
     def on_body(self, body: bytes) -> None:
         if not self._edge.answered_here:
@@ -267,6 +284,8 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.flow.write_paused:  # the client is not reading: the usual way waits for it
             return False
         if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
+            return False
+        if parser.should_upgrade():  # uvicorn's upgrade handling needs its own way in
             return False
         answer = door.item_from_memory(self.url, self.headers, method == b"HEAD")
         if answer is None:

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, WriterState
+from app.realtime import ACTIVITY, COUNTER, PRESENCE, Event, Hub, Subscription, WriterState
 from app.realtime.hub import FANOUT_SLICE
 
 
@@ -250,3 +250,27 @@ async def test_a_large_fan_out_is_written_in_slices_that_let_other_work_run_betw
     assert [send.chunks for send in sends] == [
         [b"event: activity\nid: 1\ndata: 1\n\n", b"event: activity\nid: 2\ndata: 2\n\n"]
     ] * len(sends)
+
+
+async def test_a_fan_out_that_raises_does_not_stop_later_events() -> None:
+    """Were an offer to raise (a metrics file, a bug), that event is dropped for the rest
+    of its streams, and the next events still reach everyone."""
+
+    class Broken(Subscription):
+        __slots__ = ()
+
+        def offer_activity(self, *args: object) -> None:
+            raise OSError("broken")
+
+    hub = Hub()
+    sends = [RecordingSend() for _ in range(3)]
+    for send in sends:
+        hub.subscribe().attached(send)  # type: ignore[arg-type]
+    hub._subs.add(Broken(16))
+    hub.publish(Event(ACTIVITY, "1"))
+    hub._subs = {s for s in hub._subs if not isinstance(s, Broken)}
+    hub.publish(Event(ACTIVITY, "2"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    for send in sends:
+        assert b"event: activity\nid: 2\ndata: 2\n\n" in send.chunks

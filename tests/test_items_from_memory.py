@@ -196,3 +196,27 @@ async def test_a_client_that_asks_for_items_and_never_reads_holds_little_memory(
     sock.close()
     # Answering all that was sent would take sent x 1.3 KiB (over 50 MB for 40,000).
     assert grown < 12 * 1024 * 1024, f"{sent} requests sent, RSS grew {grown >> 20} MiB"
+
+
+async def test_odd_requests_after_an_answer_from_memory_keep_the_connection_rules(
+    app_server: AppServerFactory,
+) -> None:
+    """A blank line after an answer from memory (which cancels the idle timer) still leaves
+    the connection a deadline; an upgrade request for an item goes uvicorn's way."""
+    server = await asyncio.to_thread(app_server, {"RIPPLE_HEADER_TIMEOUT_SECONDS": "2"}, workers=1)
+    base = server.base_url
+    async with await Visitor.arrive(base) as visitor:
+        path = f"/fragments/activity/{await _new_item(visitor, 'odd')}"
+        assert (await visitor.get(path, headers=HTML)).status_code == 200  # now cached
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    async with await RawConnection.open(base) as raw:
+        await raw.send(request.encode())
+        assert (await raw.read_response()).status == 200
+        await raw.send(b"\r\n")  # then nothing
+        closed = await raw.wait_closed(10)
+        assert closed is not None, "a blank line after an answer from memory held it open"
+    upgrade = request.replace("\r\n\r\n", "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    async with await RawConnection.open(base) as raw:
+        await raw.send(upgrade.encode())
+        await raw.wait_closed(3)
+    assert "Traceback" not in server.log_text()

@@ -270,3 +270,18 @@ async def test_streams_whose_clients_go_away_are_let_go_at_once(
         for stream in streams:
             await stream.aclose()
     await eventually(lambda: metric(base, "ripple_open_streams"), lambda n: n == 0, timeout=3)
+
+    # Clients that go away while their stream is still opening (its replay query, its
+    # presence join): the loss is heard once the stream is ready to listen.
+    async with await Visitor.arrive(base) as visitor:
+        request = (
+            f"GET /events?last_event_id=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Cookie: {visitor.cookie_header()}\r\n\r\n"
+        ).encode()
+        for _ in range(40):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(request)
+            await writer.drain()
+            writer.transport.abort()  # reset at once: no answer read
+    await asyncio.sleep(1)
+    await eventually(lambda: metric(base, "ripple_open_streams"), lambda n: n == 0, timeout=3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 
@@ -20,6 +21,7 @@ from app import metrics
 from app.realtime.wireformat import ACTIVITY, COUNTER, PING, PRESENCE, RESYNC, Event, encode_frame
 from app.realtime.writer import ENDING, IDLE, StreamWriter
 
+log = logging.getLogger("ripple.hub")
 _ids = itertools.count(1)
 
 
@@ -266,7 +268,11 @@ class Hub:
         backlog = self._backlog
         while backlog and budget > 0:
             job = backlog[0]
-            budget -= job.run(budget)
+            try:
+                budget -= job.run(budget)
+            except Exception:  # never let one event stop every later one on this worker
+                log.exception("fan-out of a %s event failed; the rest of it is dropped", job.kind)
+                job.done = True
             if job.done:
                 backlog.popleft()
                 metrics.FRAMES_FANNED_OUT.labels(job.kind).inc(len(job.subs))

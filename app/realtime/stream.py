@@ -20,18 +20,32 @@ DISCONNECT_EXTENSION = "ripple.disconnect"
 
 
 class DisconnectNotice:
-    """A scope extension our HTTP protocol offers (app.httpprotocol): it calls `callback`
+    """A scope extension our HTTP protocol offers (app.httpprotocol): it tells the stream
     when the connection is lost. Without it a stream needs a second task, blocked in
     `receive()` for its whole life, only to hear `http.disconnect`; at 10,000 streams those
-    tasks are a tenth of a worker's memory."""
+    tasks are a tenth of a worker's memory.
 
-    __slots__ = ("callback",)
+    Latched: a connection lost before the stream listens (during its replay query or its
+    presence join) is reported as soon as it does."""
+
+    __slots__ = ("_callback", "cycle", "is_lost")
 
     def __init__(self) -> None:
-        self.callback: Callable[[], None] | None = None
+        self._callback: Callable[[], None] | None = None
+        self.is_lost = False
+        self.cycle: object = None  # the request's, once the server has made it
+
+    def listen(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` when the connection is lost (at once if it already was); None
+        stops listening."""
+        self._callback = callback
+        if callback is not None and self.is_lost:
+            self._callback = None
+            callback()
 
     def lost(self) -> None:
-        callback, self.callback = self.callback, None
+        self.is_lost = True
+        callback, self._callback = self._callback, None
         if callback is not None:
             callback()
 
@@ -60,7 +74,7 @@ async def write_stream(
     notice: object = (scope.get("extensions") or {}).get(DISCONNECT_EXTENSION)
     watcher: asyncio.Task[None] | None = None
     if isinstance(notice, DisconnectNotice):
-        notice.callback = sub.disconnect
+        notice.listen(sub.disconnect)
     else:
         watcher = asyncio.create_task(_watch_disconnect(receive, sub))
     try:
@@ -83,7 +97,7 @@ async def write_stream(
         sub.close()  # before anything awaits: the hub must not write to a finished response
         sub.finished()  # drops a direct send still waiting: that frame is moot
         if isinstance(notice, DisconnectNotice):
-            notice.callback = None
+            notice.listen(None)
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
