@@ -7,6 +7,8 @@ import subprocess
 import time
 from typing import Any
 
+import psutil
+
 
 def signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     """Send ``sig`` to the child's whole process group (its pgid is its pid)."""
@@ -34,11 +36,9 @@ def stop_group(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
 
 
 def wait_group_gone(pgid: int, timeout: float) -> bool:
-    """Wait (bounded) until no process is left in the group; SIGKILL lands asynchronously.
-
-    A member that has died but not yet been reaped by its new parent still counts, so this
-    gives up after ``timeout`` rather than fail.
-    """
+    """Wait (bounded) until no live process is left in the group; SIGKILL lands
+    asynchronously. Members that have died but wait to be reaped by their new parent
+    (zombies: nothing left to stop) do not count, since reaping may take a while here."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -47,5 +47,17 @@ def wait_group_gone(pgid: int, timeout: float) -> bool:
             return True
         except PermissionError:
             return False
+        if not _live_members(pgid):
+            return True
         time.sleep(0.02)
+    return False
+
+
+def _live_members(pgid: int) -> bool:
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
     return False
