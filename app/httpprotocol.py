@@ -1,4 +1,5 @@
-"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol with edge limits.
+"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol with edge limits,
+items from memory and the streams' disconnect notice.
 
 uvicorn 0.54 over httptools bounds neither the size of a request's head (request line plus
 headers) nor the time it may take to arrive: its keep-alive timer is armed only after a response
@@ -13,7 +14,11 @@ megabytes of headers. This subclass adds:
   idle time between requests stays uvicorn's keep-alive timeout): past it, the connection is
   closed without an answer;
 - the security headers every Ripple response carries on the answers it writes itself (``400``
-  for a malformed request, ``431``).
+  for a malformed request, ``431``);
+- cached feed items answered from memory, with no ASGI cycle (``_answer_from_memory``: the
+  front door builds the answer, this class writes it);
+- a ``DisconnectNotice`` for each event stream (app.realtime.stream), so a stream hears of
+  a lost connection without a task of its own waiting in ``receive()``.
 
 The deadline runs only while a head is arriving and no earlier response on the connection is
 still being sent: once the headers are in, the request is the app's (an event stream lasting
